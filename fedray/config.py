@@ -1,0 +1,255 @@
+"""Structured configuration: one dataclass per config group, registered in Hydra's ConfigStore.
+
+Groups with a fixed shape (data, partition, model, client, mode, cluster, tracking) are typed here,
+so Hydra rejects a misspelt key or a wrong type while composing. Groups whose options carry
+different fields (algorithm, selection, compression, privacy) are typed by the option's own
+dataclass, registered beside its implementation (see :mod:`fedray.registry`) and checked by
+:func:`validate` before Ray starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from fedray.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how the held-out test set is cut."""
+
+    name: str = field(
+        default="shakespeare",
+        metadata={"help": "Source: shakespeare | shakespeare_lm | hf (hub dataset) | files."},
+    )
+    path: str | None = field(
+        default=None, metadata={"help": "HF dataset name (name=hf) or a local file/glob (files)."}
+    )
+    subset: str | None = field(default=None, metadata={"help": "HF dataset configuration name."})
+    split: str = field(default="train", metadata={"help": "Split to read (name=hf)."})
+    test_split: str | None = field(
+        default=None, metadata={"help": "Separate test split; null: hold out test_fraction."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
+    label_column: str | None = field(
+        default="label", metadata={"help": "Column holding the class label; null for LM data."}
+    )
+    id_column: str | None = field(
+        default=None, metadata={"help": "Column naming each sample's natural owner (speaker...)."}
+    )
+    task: str = field(
+        default="classification", metadata={"help": "classification | causal_lm."}
+    )
+    test_fraction: float = field(
+        default=0.15, metadata={"help": "Fraction held out per class for the test set."}
+    )
+    max_test: int = field(default=600, metadata={"help": "Cap on test samples (0: no cap)."})
+    min_words: int = field(default=8, metadata={"help": "Drop samples with fewer words."})
+    max_length: int = field(default=64, metadata={"help": "Tokens per sample after truncation."})
+
+
+@dataclass
+class PartitionConfig:
+    """How the training pool is split across virtual clients."""
+
+    name: str = field(
+        default="dirichlet", metadata={"help": "iid | dirichlet | shard | natural | quantity."}
+    )
+    num_clients: int = field(default=20, metadata={"help": "Virtual clients (natural: max)."})
+    alpha: float = field(
+        default=0.5, metadata={"help": "Dirichlet concentration; smaller = more label skew."}
+    )
+    classes_per_client: int = field(default=2, metadata={"help": "shard: classes per client."})
+    power: float = field(
+        default=1.5, metadata={"help": "quantity: power-law exponent of client sizes."}
+    )
+    max_samples_per_client: int = field(
+        default=0, metadata={"help": "Keep at most this many samples per client (0: all)."}
+    )
+    min_samples_per_client: int = field(
+        default=1, metadata={"help": "Drop (natural) or reject partitions below this size."}
+    )
+
+
+@dataclass
+class LoraConfig:
+    """peft LoRA settings; see peft.LoraConfig."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    modules_to_save: list[str] | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained model is fine-tuned, and how."""
+
+    name_or_path: str = field(
+        default="builtin:minilm",
+        metadata={"help": "HF hub name, local directory, or builtin:minilm (offline MiniLM)."},
+    )
+    finetune: str = field(default="lora", metadata={"help": "lora | full."})
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16."})
+
+
+@dataclass
+class ClientConfig:
+    """Client actor resources and the local training recipe."""
+
+    num_actors: int | None = field(
+        default=None, metadata={"help": "Client actors; null: as many as the cluster's slots fit."}
+    )
+    num_cpus: float = field(default=2.0, metadata={"help": "CPUs reserved per client actor."})
+    num_gpus: float = field(default=0.0, metadata={"help": "GPUs per actor (fractional ok)."})
+    torch_threads: int | None = field(
+        default=None, metadata={"help": "torch threads per actor; null: num_cpus rounded up."}
+    )
+    epochs: int = field(default=1, metadata={"help": "Local epochs per round."})
+    batch_size: int = field(default=16, metadata={"help": "Local batch size."})
+    max_steps: int = field(default=0, metadata={"help": "Cap on local steps (0: no cap)."})
+    lr: float = field(default=5e-4, metadata={"help": "Local AdamW learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "Local AdamW weight decay."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
+    seed_scheme: str = field(
+        default="linear",
+        metadata={"help": "linear: seed*1e6 + round*round_stride + cid | hash: SeedSequence."},
+    )
+    round_stride: int = field(default=1000, metadata={"help": "linear seed scheme stride."})
+
+
+@dataclass
+class ModeConfig:
+    """The coordinator's loop."""
+
+    name: str = field(default="sync", metadata={"help": "sync (async comes with issue 3)."})
+    rounds: int = field(default=5, metadata={"help": "Federated rounds."})
+    clients_per_round: int = field(default=5, metadata={"help": "Clients trained per round."})
+    min_clients: int = field(
+        default=1, metadata={"help": "Quorum: fewer successful updates fail the round."}
+    )
+    eval_every: int = field(default=1, metadata={"help": "Evaluate every N rounds (and last)."})
+    client_timeout_s: float = field(
+        default=0.0, metadata={"help": "Per-client timeout in seconds (0: none)."}
+    )
+    checkpoint_every: int = field(default=0, metadata={"help": "Checkpoint every N rounds."})
+
+
+@dataclass
+class ClusterConfig:
+    """Which Ray cluster runs the experiment."""
+
+    address: str | None = field(
+        default=None, metadata={"help": "null: start a local Ray; 'auto' or 'ray://host:port'."}
+    )
+    num_cpus: int | None = field(default=None, metadata={"help": "Local Ray CPUs (null: all)."})
+    num_gpus: int | None = field(
+        default=None, metadata={"help": "Local Ray GPUs (null: detect). Logical GPUs allowed."}
+    )
+    object_store_memory: int | None = field(
+        default=None, metadata={"help": "Local object store bytes (null: Ray's default)."}
+    )
+    namespace: str = field(default="fedray", metadata={"help": "Ray namespace."})
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking."""
+
+    enabled: bool = field(default=True, metadata={"help": "Record an MLflow run."})
+    uri: str | None = field(
+        default=None, metadata={"help": "Tracking URI; null: sqlite store under the working dir."}
+    )
+    experiment: str = field(default="fedray", metadata={"help": "MLflow experiment name."})
+    run_name: str | None = field(default=None, metadata={"help": "MLflow run name."})
+    log_model: bool = field(default=True, metadata={"help": "Log the final adapter/model."})
+
+
+@dataclass
+class FedrayConfig:
+    """The root of a composed fedray configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    mode: ModeConfig = field(default_factory=ModeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    algorithm: Any = MISSING
+    selection: Any = MISSING
+    compression: Any = MISSING
+    privacy: Any = MISSING
+    seed: int = field(default=0, metadata={"help": "The one seed all randomness flows from."})
+    name: str = field(default="fedray", metadata={"help": "Run name prefix."})
+
+
+def register_configs() -> None:
+    """Register the root schema so `conf/config.yaml` can name it in its defaults list."""
+    ConfigStore.instance().store(name="fedray_schema", node=FedrayConfig)
+
+
+def _plugin_node(cfg: DictConfig, group: str) -> DictConfig:
+    node = cfg.get(group)
+    if node is None or "name" not in node:
+        raise ConfigError(f"{group}: missing `name`; pick an option, e.g. {group}=<option>")
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-check a composed config; raise ConfigError with a one-line reason."""
+    from fedray import registry
+
+    for group in ("algorithm", "selection", "compression", "privacy"):
+        registry.parse(group, _plugin_node(cfg, group))
+    p, m, c, d = cfg.partition, cfg.mode, cfg.client, cfg.data
+    checks: list[tuple[bool, str]] = [
+        (p.num_clients >= 1, f"partition.num_clients={p.num_clients} must be >= 1"),
+        (p.name != "dirichlet" or p.alpha > 0, f"partition.alpha={p.alpha} must be > 0"),
+        (p.classes_per_client >= 1, "partition.classes_per_client must be >= 1"),
+        (p.power > 0, f"partition.power={p.power} must be > 0"),
+        (p.max_samples_per_client >= 0, "partition.max_samples_per_client must be >= 0"),
+        (m.rounds >= 1, f"mode.rounds={m.rounds} must be >= 1"),
+        (m.clients_per_round >= 1, f"mode.clients_per_round={m.clients_per_round} must be >= 1"),
+        (
+            p.name == "natural" or m.clients_per_round <= p.num_clients,
+            f"mode.clients_per_round={m.clients_per_round} exceeds partition.num_clients="
+            f"{p.num_clients}; lower it or add clients",
+        ),
+        (
+            1 <= m.min_clients <= m.clients_per_round,
+            f"mode.min_clients={m.min_clients} must be in [1, mode.clients_per_round]",
+        ),
+        (m.eval_every >= 1, f"mode.eval_every={m.eval_every} must be >= 1"),
+        (m.name in ("sync",), f"mode.name={m.name!r} is not available yet; use mode=sync"),
+        (c.num_cpus > 0, f"client.num_cpus={c.num_cpus} must be > 0"),
+        (c.num_gpus >= 0, f"client.num_gpus={c.num_gpus} must be >= 0"),
+        (c.num_actors is None or c.num_actors >= 1, "client.num_actors must be >= 1 or null"),
+        (c.epochs >= 1, f"client.epochs={c.epochs} must be >= 1"),
+        (c.batch_size >= 1, f"client.batch_size={c.batch_size} must be >= 1"),
+        (c.lr > 0, f"client.lr={c.lr} must be > 0"),
+        (c.seed_scheme in ("linear", "hash"), "client.seed_scheme must be linear or hash"),
+        (0 < d.test_fraction < 1, f"data.test_fraction={d.test_fraction} must be in (0, 1)"),
+        (d.max_length >= 2, f"data.max_length={d.max_length} must be >= 2"),
+        (d.task in ("classification", "causal_lm"), "data.task must be classification|causal_lm"),
+        (cfg.model.finetune in ("lora", "full"), "model.finetune must be lora or full"),
+        (
+            cfg.model.dtype in ("float32", "bfloat16", "float16"),
+            "model.dtype must be float32, bfloat16 or float16",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    registry.check_combination(cfg)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (what MLflow stores as an artifact)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
