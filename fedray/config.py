@@ -108,6 +108,10 @@ class ClientConfig:
     )
     num_cpus: float = field(default=2.0, metadata={"help": "CPUs reserved per client actor."})
     num_gpus: float = field(default=0.0, metadata={"help": "GPUs per actor (fractional ok)."})
+    device: str = field(
+        default="auto",
+        metadata={"help": "auto: cuda if the actor holds a GPU, else cpu | cpu | cuda."},
+    )
     torch_threads: int | None = field(
         default=None, metadata={"help": "torch threads per actor; null: num_cpus rounded up."}
     )
@@ -206,6 +210,9 @@ def validate(cfg: DictConfig) -> None:
     """Cross-check a composed config; raise ConfigError with a one-line reason."""
     from fedray import registry
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required; set it, e.g. {missing[0]}=VALUE")
     for group in ("algorithm", "selection", "compression", "privacy"):
         registry.parse(group, _plugin_node(cfg, group))
     p, m, c, d = cfg.partition, cfg.mode, cfg.client, cfg.data
@@ -235,9 +242,18 @@ def validate(cfg: DictConfig) -> None:
         (c.batch_size >= 1, f"client.batch_size={c.batch_size} must be >= 1"),
         (c.lr > 0, f"client.lr={c.lr} must be > 0"),
         (c.seed_scheme in ("linear", "hash"), "client.seed_scheme must be linear or hash"),
+        (c.device in ("auto", "cpu", "cuda"), f"client.device={c.device!r}: use auto, cpu or cuda"),
         (0 < d.test_fraction < 1, f"data.test_fraction={d.test_fraction} must be in (0, 1)"),
         (d.max_length >= 2, f"data.max_length={d.max_length} must be >= 2"),
         (d.task in ("classification", "causal_lm"), "data.task must be classification|causal_lm"),
+        (
+            d.name not in ("hf", "files") or bool(d.path),
+            f"data.path is required with data={d.name}; set data.path=<dataset name or file>",
+        ),
+        (
+            bool(cfg.model.name_or_path),
+            "model.name_or_path is required; set it to a hub name or a local model directory",
+        ),
         (cfg.model.finetune in ("lora", "full"), "model.finetune must be lora or full"),
         (
             cfg.model.dtype in ("float32", "bfloat16", "float16"),

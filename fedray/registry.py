@@ -74,6 +74,13 @@ def parse(group: str, node: DictConfig | dict[str, Any]) -> Any:
     node = node if isinstance(node, DictConfig) else OmegaConf.create(node)
     ent = entry(group, str(node.get("name")))
     schema = OmegaConf.structured(ent.options)
+    unknown = sorted(set(node) - {f.name for f in fields(ent.options)})
+    if unknown:
+        known = ", ".join(f.name for f in fields(ent.options) if f.name != "name") or "none"
+        raise ConfigError(
+            f"{group}.{unknown[0]} is not an option of {group}={ent_name(node)} "
+            f"(options: {known})"
+        )
     try:
         merged = OmegaConf.merge(schema, node)
     except OmegaConfBaseException as exc:
@@ -111,6 +118,11 @@ def check_combination(cfg: DictConfig) -> None:
                 f"algorithm={cfg.algorithm.name} needs individual updates but "
                 f"{group}={cfg[group].name} reveals only their sum; pick another pair"
             )
+
+
+def ent_name(node: DictConfig) -> str:
+    """The option name a group node selects."""
+    return str(node.get("name"))
 
 
 def _first_line(exc: Exception) -> str:

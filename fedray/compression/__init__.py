@@ -1,0 +1,3 @@
+"""Update codecs, one module each, registered by name in group `compression`."""
+
+from fedray.compression import none  # noqa: F401  (registers)

@@ -1,0 +1,55 @@
+"""Connecting to Ray: a local instance started (and stopped) by fedray, or an existing cluster."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from fedray.errors import ConfigError
+
+# Silence library chatter in every worker; fedray prints its own progress.
+WORKER_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONWARNINGS": "ignore::UserWarning,ignore::FutureWarning,ignore::DeprecationWarning",
+}
+
+
+@contextmanager
+def ray_session(cluster) -> Iterator[bool]:
+    """Yield with Ray initialised; shut it down afterwards if this call started it.
+
+    If Ray is already initialised in this process (a notebook, a test session), it is reused
+    as is and left running. Yields True when this call owns the Ray session.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    kwargs: dict = {
+        "include_dashboard": False,
+        "namespace": cluster.namespace,
+        "logging_level": logging.WARNING,
+        "runtime_env": {"env_vars": dict(WORKER_ENV)},
+    }
+    if cluster.address:
+        kwargs["address"] = cluster.address
+    else:
+        for key in ("num_cpus", "num_gpus", "object_store_memory"):
+            if cluster[key] is not None:
+                kwargs[key] = cluster[key]
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        target = cluster.address or "a local instance"
+        raise ConfigError(
+            f"cluster.address={cluster.address!r}: cannot start/connect to Ray ({target}): "
+            f"{first}; check the address or drop it for a local instance"
+        ) from None
+    try:
+        yield True
+    finally:
+        ray.shutdown()

@@ -1,0 +1,133 @@
+"""A pool of client actors: health flags, bounded in-flight calls, results-or-errors.
+
+The pool never raises for a client's failure: it returns the error and lets the driver decide
+what it means. An actor that dies is replaced (the replacement reloads the model once); the
+jobs it held come back as failures, marked so the caller can retry them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+
+@dataclass
+class Outcome:
+    """The result of one job: `value` on success, else `error` (one line)."""
+
+    job: Any
+    value: Any = None
+    error: str | None = None
+    actor_lost: bool = False
+
+
+def error_line(exc: BaseException) -> str:
+    """One line describing a task error, naming the original exception."""
+    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    text = str(cause).strip().splitlines()
+    detail = text[-1] if text else ""
+    return f"{type(cause).__name__}: {detail}"[:500]
+
+
+class ActorPool:
+    """Runs jobs on `size` actors made by `make_actor`, at most `max_inflight` per actor."""
+
+    def __init__(self, make_actor: Callable[[], Any], size: int, max_inflight: int = 2) -> None:
+        self.make_actor = make_actor
+        self.max_inflight = max_inflight
+        self.actors: list[Any] = [make_actor() for _ in range(size)]
+        self.replaced = 0
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        """Block until every actor has loaded its model; returns where each runs."""
+        return ray.get([a.ready.remote() for a in self.actors])
+
+    def _replace(self, idx: int) -> None:
+        try:
+            ray.kill(self.actors[idx], no_restart=True)
+        except Exception:  # already dead  # noqa: BLE001
+            pass
+        self.actors[idx] = self.make_actor()
+        self.replaced += 1
+
+    def run(self, jobs: Iterable[Any], submit: Callable[[Any, Any], ray.ObjectRef],
+            timeout_s: float = 0.0) -> list[Outcome]:
+        """Run every job as `submit(actor, job)`; outcomes in completion order.
+
+        A job running longer than `timeout_s` (0: no limit) fails with a timeout, and its actor
+        is replaced, since a hung call cannot be interrupted from outside.
+        """
+        pending = deque(jobs)
+        inflight: dict[ray.ObjectRef, tuple[Any, int, float]] = {}
+        load = [0] * len(self.actors)
+        outcomes: list[Outcome] = []
+        while pending or inflight:
+            for idx in range(len(self.actors)):
+                while pending and load[idx] < self.max_inflight:
+                    job = pending.popleft()
+                    ref = submit(self.actors[idx], job)
+                    inflight[ref] = (job, idx, time.monotonic())
+                    load[idx] += 1
+            wait_s = None if timeout_s <= 0 else max(0.05, timeout_s / 10)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+            for ref in ready:
+                job, idx, _ = inflight.pop(ref)
+                if idx >= 0:
+                    load[idx] -= 1
+                outcomes.append(self._collect(ref, job, idx, inflight, load))
+            if timeout_s > 0:
+                self._expire(inflight, load, outcomes, timeout_s)
+        return outcomes
+
+    def _collect(self, ref: ray.ObjectRef, job: Any, idx: int,
+                 inflight: dict[ray.ObjectRef, tuple[Any, int, float]],
+                 load: list[int]) -> Outcome:
+        try:
+            return Outcome(job, value=ray.get(ref))
+        except RayActorError as exc:
+            if idx >= 0:  # first news of this death: replace the actor
+                self._drop_actor(idx, inflight, load)
+            return Outcome(job, error=f"actor lost: {error_line(exc)}", actor_lost=True)
+        except RayTaskError as exc:
+            return Outcome(job, error=error_line(exc))
+
+    def _drop_actor(self, idx: int, inflight: dict[ray.ObjectRef, tuple[Any, int, float]],
+                    load: list[int]) -> None:
+        """Replace actor `idx`; its other in-flight calls stay tracked and fail on their own."""
+        self._replace(idx)
+        for ref, (job, i, started) in list(inflight.items()):
+            if i == idx:  # bound to the dead handle; they will raise RayActorError
+                inflight[ref] = (job, -1, started)
+        load[idx] = 0
+
+    def _expire(self, inflight: dict[ray.ObjectRef, tuple[Any, int, float]], load: list[int],
+                outcomes: list[Outcome], timeout_s: float) -> None:
+        now = time.monotonic()
+        for ref, (job, idx, started) in list(inflight.items()):
+            if now - started > timeout_s and idx >= 0:
+                inflight.pop(ref)
+                outcomes.append(Outcome(job, error=f"timeout after {timeout_s:g} s"))
+                self._drop_actor(idx, inflight, load)
+
+    def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call `method` on the first actor (used for evaluation and export)."""
+        try:
+            return ray.get(getattr(self.actors[0], method).remote(*args), timeout=timeout_s)
+        except (RayActorError, GetTimeoutError):
+            self._replace(0)
+            return ray.get(getattr(self.actors[0], method).remote(*args), timeout=timeout_s)
+
+    def shutdown(self) -> None:
+        """Kill every actor."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self.actors = []
