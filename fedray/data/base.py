@@ -1,0 +1,82 @@
+"""The data types every other part of fedray reads: a corpus and its federated split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedray.errors import DataError
+
+TASKS = ("classification", "causal_lm")
+
+
+@dataclass
+class Corpus:
+    """All samples of a source, in corpus order.
+
+    Attributes:
+        texts: The input text of each sample.
+        labels: int64 class index per sample (classification); None for causal_lm.
+        groups: Natural owner of each sample (e.g. ``genre/play.md/SPEAKER``), or None.
+        label_names: Class names, index = label; None for causal_lm.
+        task: ``"classification"`` or ``"causal_lm"``.
+    """
+
+    texts: list[str]
+    labels: np.ndarray | None
+    groups: list[str] | None
+    label_names: list[str] | None
+    task: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def num_labels(self) -> int:
+        """Number of classes (0 for causal_lm)."""
+        if self.label_names is not None:
+            return len(self.label_names)
+        return 0 if self.labels is None or not len(self.labels) else int(self.labels.max()) + 1
+
+
+@dataclass
+class FederatedData:
+    """A corpus, its held-out test set and the training indices of every virtual client.
+
+    Attributes:
+        corpus: The samples.
+        test_idx: int64 corpus indices of the test set, in split order (see ``load_source``).
+        clients: Client id -> int64 corpus indices, in the client's training order.
+    """
+
+    corpus: Corpus
+    test_idx: np.ndarray
+    clients: list[np.ndarray]
+
+    def num_clients(self) -> int:
+        """Number of virtual clients."""
+        return len(self.clients)
+
+    def client_sizes(self) -> np.ndarray:
+        """int64 array: samples held by each client."""
+        return np.array([len(c) for c in self.clients], dtype=np.int64)
+
+    def label_histogram(self) -> np.ndarray:
+        """int64 array ``[n_clients, n_labels]`` of per-client class counts."""
+        labels = self.corpus.labels
+        if labels is None:
+            raise DataError(
+                f"label_histogram needs class labels; data.task={self.corpus.task!r} has none"
+            )
+        n_labels = self.corpus.num_labels()
+        hist = np.zeros((len(self.clients), n_labels), dtype=np.int64)
+        for k, idx in enumerate(self.clients):
+            hist[k] = np.bincount(labels[idx], minlength=n_labels)
+        return hist
+
+    def fingerprint(self, schedule: list[list[int]]) -> str:
+        """16 hex digits identifying test set, client lists and a client schedule."""
+        payload = [self.test_idx.tolist(), [c.tolist() for c in self.clients], schedule]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]

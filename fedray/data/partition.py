@@ -1,0 +1,119 @@
+"""Partitioners, registered by name: ``partition.name`` picks one.
+
+A partitioner is a pure function ``(pool, labels, groups, cfg, rng) -> client lists`` that
+assigns each training-pool index to at most one client. :func:`partition` creates
+``rng = random.Random(seed)``, calls it, then for each client k in order ``rng.shuffle``s its
+list and keeps the first ``max_samples_per_client`` (if > 0), continuing the same rng, and
+rejects clients smaller than ``min_samples_per_client``. Adding a partitioner is one module
+under ``fedray/data/partitioners/`` decorated with :func:`register_partitioner` and listed in
+``_BUILTIN``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fedray.errors import DataError
+
+Partitioner = Callable[
+    [list[int], np.ndarray | None, list[str] | None, Any, random.Random], list[list[int]]
+]
+
+PARTITIONERS: dict[str, Partitioner] = {}
+_USES_NUM_CLIENTS: dict[str, bool] = {}
+_BUILTIN = ("dirichlet", "iid", "natural", "quantity", "shard")
+
+
+def register_partitioner(
+    name: str, uses_num_clients: bool = True
+) -> Callable[[Partitioner], Partitioner]:
+    """Decorator: make a partitioner available as ``partition.name=<name>``."""
+
+    def wrap(fn: Partitioner) -> Partitioner:
+        PARTITIONERS[name] = fn
+        _USES_NUM_CLIENTS[name] = uses_num_clients
+        return fn
+
+    return wrap
+
+
+def get_partitioner(name: str) -> Partitioner:
+    """The partitioner registered as ``name``; DataError listing the alternatives otherwise."""
+    for module in _BUILTIN:
+        importlib.import_module(f"fedray.data.partitioners.{module}")
+    try:
+        return PARTITIONERS[name]
+    except KeyError:
+        raise DataError(
+            f"partition.name={name!r} is unknown; choose one of: {', '.join(sorted(PARTITIONERS))}"
+        ) from None
+
+
+def require_labels(labels: np.ndarray | None, name: str) -> np.ndarray:
+    """The labels, or a DataError saying that ``name`` needs a classification task."""
+    if labels is None:
+        raise DataError(
+            f"partition.name={name} needs class labels but the data has none (data.task="
+            "causal_lm); use partition.name=iid, natural or quantity"
+        )
+    return labels
+
+
+def _check(cfg: Any, pool_size: int, uses_num_clients: bool) -> None:
+    k, cap, low = (
+        int(cfg.num_clients),
+        int(cfg.max_samples_per_client),
+        int(cfg.min_samples_per_client),
+    )
+    if pool_size == 0:
+        raise DataError("the training pool is empty; add data or lower data.test_fraction")
+    if uses_num_clients and k < 1:
+        raise DataError(f"partition.num_clients={k} must be >= 1")
+    if uses_num_clients and k > pool_size:
+        raise DataError(
+            f"partition.num_clients={k} exceeds the {pool_size} training samples; "
+            "lower partition.num_clients or add data"
+        )
+    if cap < 0 or (cap and cap < low):
+        raise DataError(
+            f"partition.max_samples_per_client={cap} must be 0 (no cap) or >= "
+            f"partition.min_samples_per_client={low}"
+        )
+
+
+def partition(
+    pool: np.ndarray, labels: np.ndarray | None, groups: list[str] | None, cfg: Any, seed: int
+) -> list[np.ndarray]:
+    """Split the training pool into client index lists (int64, in training order).
+
+    Args:
+        pool: Training-pool corpus indices, in split order (as ``load_source`` returns them).
+        labels: Class index of every corpus sample, or None.
+        groups: Natural owner of every corpus sample, or None.
+        cfg: A ``PartitionConfig`` (dataclass or DictConfig).
+        seed: Seed of the one ``random.Random`` the partitioner and the shuffle/cap share.
+    """
+    name = str(cfg.name)
+    fn = get_partitioner(name)
+    _check(cfg, len(pool), _USES_NUM_CLIENTS[name])
+    rng = random.Random(seed)
+    clients = fn([int(i) for i in pool], labels, groups, cfg, rng)
+    cap, low = int(cfg.max_samples_per_client), int(cfg.min_samples_per_client)
+    out: list[np.ndarray] = []
+    for k, items in enumerate(clients):
+        rng.shuffle(items)
+        if cap > 0:
+            del items[cap:]
+        if len(items) < low:
+            raise DataError(
+                f"partition.name={name}: client {k} gets {len(items)} samples, fewer than "
+                f"partition.min_samples_per_client={low}; lower partition.num_clients"
+                + (" or raise partition.alpha" if name == "dirichlet" else "")
+            )
+        out.append(np.array(items, dtype=np.int64))
+    return out

@@ -1,0 +1,1 @@
+"""Builtin partitioners, one per module; see :mod:`fedray.data.partition`."""
