@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -167,6 +168,9 @@ def resume(run_dir: str) -> None:
 def main() -> None:
     """The `fedray` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # `kill` / `docker stop` send SIGTERM: turn it into SystemExit so every `finally` runs
+    # (the MLflow run ends FAILED, Ray shuts down) instead of dying mid-write.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     argv = sys.argv[1:]
     if argv and argv[0] == "resume":
         if len(argv) != 2:

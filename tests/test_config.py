@@ -1,0 +1,72 @@
+"""Composition of the real config: every option of every group, and rejected inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedray.cli import CONF_DIR, compose, precheck
+from fedray.config import validate
+from fedray.errors import ConfigError
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+REQUIRED = {"data/hf": ["data.path=imdb"], "data/files": ["data.path=x.csv"],
+            "model/hf_lora": ["model.name_or_path=gpt2"]}
+
+
+@pytest.mark.parametrize(
+    "option",
+    [f"{g}/{p.stem}" for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))],
+)
+def test_every_option_composes_and_validates(option: str) -> None:
+    group, name = option.split("/")
+    validate(compose([f"{group}={name}", *REQUIRED.get(option, [])]))
+
+
+def test_config_yaml_is_only_a_defaults_list() -> None:
+    import yaml
+
+    assert list(yaml.safe_load((CONF_DIR / "config.yaml").read_text())) == ["defaults"]
+
+
+def test_overrides_reach_the_config() -> None:
+    cfg = compose(["mode.rounds=3", "partition=iid", "partition.num_clients=7", "seed=5"])
+    assert (cfg.mode.rounds, cfg.partition.name, cfg.partition.num_clients, cfg.seed) == (
+        3, "iid", 7, 5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["algorithm=nope"], "Could not find 'algorithm/nope'"),
+        (["partition.alpha=0"], "partition.alpha=0.0 must be > 0"),
+        (["partition.alpha=-1"], "must be > 0"),
+        (["partition.alpah=1"], "partition.alpah"),
+        (["mode.rounds=abc"], "could not be converted to Integer"),
+        (["mode.rounds=0"], "mode.rounds=0 must be >= 1"),
+        (["mode.clients_per_round=21"], "exceeds partition.num_clients=20"),
+        (["+algorithm.mu=1"], "algorithm.mu is not an option of algorithm=fedavg"),
+        (["algorithm.server_lr=-1"], "server_lr=-1.0 must be > 0"),
+        (["data=files"], "data.path is required"),
+        (["client.device=tpu"], "client.device"),
+        (["experiment=nope"], "Could not find 'experiment/nope'"),
+    ],
+)
+def test_bad_input_is_one_line(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        precheck(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_multirun_checks_every_combination() -> None:
+    precheck(["-m", "partition=iid,dirichlet", "mode.rounds=1,2"])
+    with pytest.raises(ConfigError, match="partition.alpha"):
+        precheck(["-m", "partition.alpha=1.0,0"])
+
+
+def test_experiment_presets_set_workloads() -> None:
+    cfg = compose(["experiment=w2"])
+    assert (cfg.partition.name, cfg.mode.clients_per_round, cfg.client.round_stride) == (
+        "natural", 50, 10_000)
+    assert Path(CONF_DIR / "experiment" / "w1.yaml").read_text().startswith("# @package _global_")
