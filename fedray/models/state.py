@@ -1,0 +1,76 @@
+"""Trainable state as float32 numpy arrays: only what travels between client and server."""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import numpy as np
+import peft
+import torch
+
+from fedray.errors import ModelError
+from fedray.types import State
+
+_KEYS: weakref.WeakKeyDictionary[torch.nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return isinstance(model, peft.PeftModel)
+
+
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    if not _is_peft(model):
+        return model.state_dict()
+    # "auto" would re-read the base config (a Hub request per call for hub models) to detect
+    # resized embeddings; fedray never resizes them, and frozen weights never travel.
+    return peft.get_peft_model_state_dict(model, save_embedding_layers=False)
+
+
+def get_trainable_state(model: torch.nn.Module) -> State:
+    """Adapters (+ modules_to_save) for a peft model, the full state_dict otherwise; fp32 copies."""
+    state = {
+        k: t.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
+        for k, t in _tensors(model).items()
+    }
+    _KEYS[model] = frozenset(state)
+    return state
+
+
+def state_keys(model: torch.nn.Module) -> frozenset[str]:
+    """The keys of `get_trainable_state(model)` (cached per model)."""
+    if model not in _KEYS:
+        get_trainable_state(model)
+    return _KEYS[model]
+
+
+def _as_tensors(state: State) -> dict[str, torch.Tensor]:
+    # Ray hands out read-only views; the tensors are only read (copied into the parameters).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
+        return {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+
+
+def set_trainable_state(model: torch.nn.Module, state: State) -> None:
+    """Load a state from :func:`get_trainable_state` (same keys and shapes) into the model."""
+    expected = state_keys(model)
+    if state.keys() != expected:
+        missing, extra = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        raise ModelError(
+            f"trainable state does not match the model: missing {missing[:3]} "
+            f"({len(missing)}), unexpected {extra[:3]} ({len(extra)}); same model/finetune config?"
+        )
+    tensors = _as_tensors(state)
+    try:
+        if _is_peft(model):
+            result = peft.set_peft_model_state_dict(model, tensors)
+            if result.unexpected_keys:
+                raise ModelError(f"peft did not load state keys {result.unexpected_keys[:3]}")
+        else:
+            model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = next(
+            (ln.strip() for ln in first if "size mismatch" in ln), first[0] if first else ""
+        )
+        raise ModelError(f"trainable state does not fit the model: {detail}") from e
