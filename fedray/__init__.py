@@ -1,3 +1,3 @@
-"""fedray: privacy-preserving federated fine-tuning on Ray, configured by Hydra, tracked in MLflow."""
+"""fedray: privacy-preserving federated fine-tuning on Ray, Hydra and MLflow."""
 
 __version__ = "0.1.0"

@@ -111,7 +111,7 @@ def precheck(argv: list[str]) -> None:
     if any(f in ("-m", "--multirun") for f in flags):
         try:
             combos = sweep_combinations(job_overrides)
-        except Exception as exc:  # noqa: BLE001  (non-basic sweep syntax: check the rest)
+        except Exception as exc:
             if "sweep" not in str(exc).lower() and "parse" in str(exc).lower():
                 raise ConfigError(condense(str(exc))) from None
             combos = [[o for o in job_overrides if "," not in o and "(" not in o]]

@@ -61,7 +61,7 @@ def test_bad_input_is_one_line(overrides: list[str], match: str) -> None:
 
 def test_multirun_checks_every_combination() -> None:
     precheck(["-m", "partition=iid,dirichlet", "mode.rounds=1,2"])
-    with pytest.raises(ConfigError, match="partition.alpha"):
+    with pytest.raises(ConfigError, match=r"partition\.alpha"):
         precheck(["-m", "partition.alpha=1.0,0"])
 
 

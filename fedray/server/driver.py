@@ -109,7 +109,7 @@ class Driver:
         outcomes = self.pool.run(selected, submit, timeout_s=m.client_timeout_s)
         updates = sorted((o.value for o in outcomes if o.error is None),
                          key=lambda u: u.client_id)
-        failures = sorted(((o.job, o.error) for o in outcomes if o.error is not None))
+        failures = sorted((o.job, o.error) for o in outcomes if o.error is not None)
         if len(updates) < m.min_clients:
             raise QuorumError(
                 f"round {rnd}: {len(updates)} of {len(selected)} clients returned an update, "

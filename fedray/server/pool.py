@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +50,8 @@ class ActorPool:
         return ray.get([a.ready.remote() for a in self.actors])
 
     def _replace(self, idx: int) -> None:
-        try:
+        with suppress(Exception):  # already dead
             ray.kill(self.actors[idx], no_restart=True)
-        except Exception:  # already dead  # noqa: BLE001
-            pass
         self.actors[idx] = self.make_actor()
         self.replaced += 1
 
@@ -126,8 +125,6 @@ class ActorPool:
     def shutdown(self) -> None:
         """Kill every actor."""
         for actor in self.actors:
-            try:
+            with suppress(Exception):
                 ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
         self.actors = []

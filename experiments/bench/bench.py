@@ -1,0 +1,113 @@
+"""fedray vs the plain single-process loop on a workload of shared/bench/WORKLOAD.md.
+
+Runs both, one after the other, in one invocation; samples each process tree's memory every
+0.25 s; checks that both computed the workload (data fingerprint and per-round accuracies);
+prints times and ratios. Exit status 1 if either run did not reproduce the workload.
+
+Usage: python experiments/bench/bench.py w1 [--repeat N] [-- extra fedray overrides]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import suppress
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from workloads import WORKLOADS, Workload  # noqa: E402
+
+
+def _tree_rss_mb(proc: psutil.Process) -> float:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def measure(cmd: list[str]) -> tuple[dict, float, float]:
+    """Run `cmd`; (its JSON output, wall seconds, peak summed RSS of its process tree in MB)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen([*cmd[:3], out.name, *cmd[3:]], stdout=subprocess.DEVNULL)
+        ps, peak, done = psutil.Process(proc.pid), 0.0, threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _tree_rss_mb(ps))
+                time.sleep(0.25)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        code = proc.wait()
+        wall = time.perf_counter() - start
+        done.set()
+        thread.join()
+        if code != 0:
+            raise SystemExit(f"{cmd[1]} exited with {code}")
+        return json.loads(Path(out.name).read_text()), wall, peak
+
+
+def check(label: str, res: dict, w: Workload) -> list[str]:
+    """Differences from the workload's reference figures."""
+    problems = []
+    if res["fingerprint"] != w.fingerprint:
+        problems.append(f"{label}: fingerprint {res['fingerprint']} != {w.fingerprint}")
+    accs = tuple(round(r["eval_accuracy"], 4) for r in res["rounds"] if "eval_accuracy" in r)
+    if accs != w.accuracies:
+        problems.append(f"{label}: accuracies {accs} != reference {w.accuracies}")
+    return problems
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workload", choices=sorted(WORKLOADS))
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the two runs N times")
+    ap.add_argument("overrides", nargs="*", help="extra fedray overrides (after --)")
+    args = ap.parse_args()
+    w = WORKLOADS[args.workload]
+    py = sys.executable
+    runs: dict[str, list[tuple[dict, float, float]]] = {"plain": [], "fedray": []}
+    for _ in range(args.repeat):
+        runs["plain"].append(measure([py, str(HERE / "plain_loop.py"), w.name]))
+        runs["fedray"].append(measure([py, str(HERE / "fedray_runner.py"), w.name,
+                                       *args.overrides]))
+    problems: list[str] = []
+    summary = {}
+    for label, results in runs.items():
+        for res, _, _ in results:
+            problems += check(label, res, w)
+        # round 10 of W2 includes the only evaluation; WORKLOAD.md takes the median anyway
+        rounds = [r["round_s"] for res, _, _ in results for r in res["rounds"]]
+        summary[label] = {
+            "median_round_s": statistics.median(rounds),
+            "total_wall_s": statistics.median(wall for _, wall, _ in results),
+            "peak_rss_tree_mb": max(peak for _, _, peak in results),
+            "final_accuracy": results[-1][0]["rounds"][-1].get("eval_accuracy"),
+        }
+    p, f = summary["plain"], summary["fedray"]
+    print(f"workload {w.name}: {args.repeat} run(s) each, side by side")
+    print(f"{'':>18}{'plain loop':>14}{'fedray':>14}{'ratio':>10}")
+    for key in ("median_round_s", "total_wall_s", "peak_rss_tree_mb"):
+        print(f"{key:>18}{p[key]:>14.2f}{f[key]:>14.2f}{f[key] / p[key]:>10.3f}")
+    print(f"{'final_accuracy':>18}{p['final_accuracy']:>14.4f}{f['final_accuracy']:>14.4f}")
+    print(json.dumps({"workload": w.name, "plain": p, "fedray": f}))
+    if problems:
+        print("NOT THE SAME COMPUTATION:\n  " + "\n  ".join(problems))
+        raise SystemExit(1)
+    print(f"same computation: fingerprint {w.fingerprint}, accuracies {list(w.accuracies)}")
+
+
+if __name__ == "__main__":
+    main()
