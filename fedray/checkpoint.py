@@ -32,8 +32,9 @@ def save_checkpoint(directory: str | Path, state: DriverState) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        pickle.dump({"version": FORMAT_VERSION, "state": state}, f,
-                    protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(
+            {"version": FORMAT_VERSION, "state": state}, f, protocol=pickle.HIGHEST_PROTOCOL
+        )
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

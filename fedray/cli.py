@@ -22,13 +22,47 @@ from fedray.errors import ConfigError, FedrayError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MAX_PRECHECK = 256  # sweep combinations validated up front
-_HYDRA_FLAGS = {"-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info",
-                "--resolve", "--package", "-p", "--run", "-r", "--shell-completion", "-sc",
-                "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
-                "--experimental-rerun", "--version"}
-_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "--config-path", "-cp",
-                     "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun",
-                     "--shell-completion", "-sc"}
+_HYDRA_FLAGS = {
+    "-m",
+    "--multirun",
+    "--cfg",
+    "-c",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "--resolve",
+    "--package",
+    "-p",
+    "--run",
+    "-r",
+    "--shell-completion",
+    "-sc",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--version",
+}
+_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--info",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--shell-completion",
+    "-sc",
+}
 
 
 def fail(message: str) -> None:
@@ -103,8 +137,9 @@ def sweep_combinations(overrides: list[str]) -> list[list[str]]:
 def precheck(argv: list[str]) -> None:
     """Compose and validate every configuration the command line asks for."""
     flags, overrides = split_argv(argv)
-    if any(f in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc")
-           for f in flags):
+    if any(
+        f in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for f in flags
+    ):
         return
     job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     combos = [job_overrides]

@@ -41,9 +41,7 @@ class DataConfig:
     id_column: str | None = field(
         default=None, metadata={"help": "Column naming each sample's natural owner (speaker...)."}
     )
-    task: str = field(
-        default="classification", metadata={"help": "classification | causal_lm."}
-    )
+    task: str = field(default="classification", metadata={"help": "classification | causal_lm."})
     test_fraction: float = field(
         default=0.15, metadata={"help": "Fraction held out per class for the test set."}
     )

@@ -29,8 +29,9 @@ class Pipeline:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Pipeline:
         """Build both stages from the `compression` and `privacy` groups."""
-        return cls(registry.build("compression", cfg.compression),
-                   registry.build("privacy", cfg.privacy))
+        return cls(
+            registry.build("compression", cfg.compression), registry.build("privacy", cfg.privacy)
+        )
 
     def client(
         self, trained: State, global_state: State, *, client_id: int, round: int
@@ -44,8 +45,7 @@ class Pipeline:
     def server(self, updates: list[ClientUpdate], *, round: int) -> list[Contribution]:
         """Server half: decoded (and, where configured, unmasked/noised) contributions."""
         contributions = [
-            Contribution(u.client_id, self.codec.decode(u.payload), u.num_samples)
-            for u in updates
+            Contribution(u.client_id, self.codec.decode(u.payload), u.num_samples) for u in updates
         ]
         return self.privacy.server_apply(contributions, round=round)
 

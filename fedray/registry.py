@@ -78,8 +78,7 @@ def parse(group: str, node: DictConfig | dict[str, Any]) -> Any:
     if unknown:
         known = ", ".join(f.name for f in fields(ent.options) if f.name != "name") or "none"
         raise ConfigError(
-            f"{group}.{unknown[0]} is not an option of {group}={ent_name(node)} "
-            f"(options: {known})"
+            f"{group}.{unknown[0]} is not an option of {group}={ent_name(node)} (options: {known})"
         )
     try:
         merged = OmegaConf.merge(schema, node)

@@ -57,8 +57,15 @@ class Progress:
         def fmt(v: Any) -> str:
             return f"{v:>11.4f}" if isinstance(v, float) else f"{'-' if v is None else v:>11}"
 
-        vals = (m["round"], m["clients_ok"], m["clients_failed"], m["train_loss"],
-                m.get("eval_accuracy"), m.get("eval_loss"), m["round_s"])
+        vals = (
+            m["round"],
+            m["clients_ok"],
+            m["clients_failed"],
+            m["train_loss"],
+            m.get("eval_accuracy"),
+            m.get("eval_loss"),
+            m["round_s"],
+        )
         self.line("".join(fmt(v) for v in vals))
 
 
@@ -80,8 +87,14 @@ def prepare(cfg: DictConfig):
     return data, encoded
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path, *, cwd: str | Path,
-                   resume_run_id: str | None = None, out: TextIO | None = sys.stdout) -> RunResult:
+def run_experiment(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    *,
+    cwd: str | Path,
+    resume_run_id: str | None = None,
+    out: TextIO | None = sys.stdout,
+) -> RunResult:
     """Run one experiment; always ends the MLflow run and shuts down the Ray it started."""
     import ray
 
@@ -98,31 +111,44 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, *, cwd: str | Path,
     num_labels = len(labels) if labels else None
     result = RunResult(run_id=None)
     with Tracker(cfg.tracking, cwd) as tracker:
-        result.run_id = tracker.start(run_name=cfg.tracking.run_name or cfg.name,
-                                      run_id=resume_run_id)
+        result.run_id = tracker.start(
+            run_name=cfg.tracking.run_name or cfg.name, run_id=resume_run_id
+        )
         _write_run_info(run_dir, result.run_id, tracker.uri)
         if resume_run_id is None:
             tracker.log_config(cfg)
             if task == "classification":
-                tracker.log_figure(label_histogram_figure(data.label_histogram(), labels),
-                                   "label_histogram.png")
+                tracker.log_figure(
+                    label_histogram_figure(data.label_histogram(), labels), "label_histogram.png"
+                )
         with ray_session(cfg.cluster):
             data_ref = ray.put(encoded)
-            driver = start(cfg, data_ref, data.num_clients(), task, num_labels,
-                           checkpoint_dir=str(run_dir / "checkpoint"))
+            driver = start(
+                cfg,
+                data_ref,
+                data.num_clients(),
+                task,
+                num_labels,
+                checkpoint_dir=str(run_dir / "checkpoint"),
+            )
             schedule: list[list[int]] = []
             for ref in driver.run.remote(resume=resume_run_id is not None):
                 event = _unwrap(ref)
                 if event["event"] == "ready":
                     result.ready = event
-                    progress.line(f"{len(event['actors'])} client actors ready in "
-                                  f"{event['startup_s']:.1f} s; {data.num_clients()} clients")
+                    progress.line(
+                        f"{len(event['actors'])} client actors ready in "
+                        f"{event['startup_s']:.1f} s; {data.num_clients()} clients"
+                    )
                     progress.header(cfg.mode.rounds)
                 elif event["event"] == "round":
                     schedule.append(event["selected"])
                     progress.row(event)
-                    row = {k: v for k, v in event.items()
-                           if isinstance(v, int | float) and not isinstance(v, bool)}
+                    row = {
+                        k: v
+                        for k, v in event.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)
+                    }
                     result.history.append(row)
                     tracker.log_metrics(row, step=event["round"])
                     for cid, err in event["failures"]:
@@ -158,5 +184,3 @@ def _unwrap(ref: Any) -> dict[str, Any]:
 def _write_run_info(run_dir: Path, run_id: str | None, uri: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_INFO).write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
-
-

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def client_seed(seed: int, round: int, client_id: int, scheme: str = "linear",
-                stride: int = 1000) -> int:
+def client_seed(
+    seed: int, round: int, client_id: int, scheme: str = "linear", stride: int = 1000
+) -> int:
     """The torch seed for one client's local training in one round.
 
     `linear` is `seed * 1_000_000 + round * stride + client_id` (the benchmark workloads use it;

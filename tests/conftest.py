@@ -21,8 +21,14 @@ def ray_cluster():
 
     from fedray.cluster import WORKER_ENV
 
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, namespace="fedray-tests",
-             logging_level=logging.WARNING, runtime_env={"env_vars": dict(WORKER_ENV)})
+    ray.init(
+        num_cpus=2,
+        num_gpus=4,
+        include_dashboard=False,
+        namespace="fedray-tests",
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": dict(WORKER_ENV)},
+    )
     try:
         yield ray
     finally:

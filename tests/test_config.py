@@ -11,8 +11,11 @@ from fedray.config import validate
 from fedray.errors import ConfigError
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
-REQUIRED = {"data/hf": ["data.path=imdb"], "data/files": ["data.path=x.csv"],
-            "model/hf_lora": ["model.name_or_path=gpt2"]}
+REQUIRED = {
+    "data/hf": ["data.path=imdb"],
+    "data/files": ["data.path=x.csv"],
+    "model/hf_lora": ["model.name_or_path=gpt2"],
+}
 
 
 @pytest.mark.parametrize(
@@ -33,7 +36,11 @@ def test_config_yaml_is_only_a_defaults_list() -> None:
 def test_overrides_reach_the_config() -> None:
     cfg = compose(["mode.rounds=3", "partition=iid", "partition.num_clients=7", "seed=5"])
     assert (cfg.mode.rounds, cfg.partition.name, cfg.partition.num_clients, cfg.seed) == (
-        3, "iid", 7, 5)
+        3,
+        "iid",
+        7,
+        5,
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,5 +75,8 @@ def test_multirun_checks_every_combination() -> None:
 def test_experiment_presets_set_workloads() -> None:
     cfg = compose(["experiment=w2"])
     assert (cfg.partition.name, cfg.mode.clients_per_round, cfg.client.round_stride) == (
-        "natural", 50, 10_000)
+        "natural",
+        50,
+        10_000,
+    )
     assert Path(CONF_DIR / "experiment" / "w1.yaml").read_text().startswith("# @package _global_")

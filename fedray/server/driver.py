@@ -43,16 +43,24 @@ def actor_count(cfg: DictConfig) -> int:
 class Driver:
     """Runs a synchronous federated experiment. Wrapped by ``ray.remote`` in :func:`start`."""
 
-    def __init__(self, cfg: dict[str, Any], data: list[ray.ObjectRef], num_clients: int,
-                 task: str, num_labels: int | None, checkpoint_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        data: list[ray.ObjectRef],
+        num_clients: int,
+        task: str,
+        num_labels: int | None,
+        checkpoint_dir: str | None = None,
+    ) -> None:
         self.cfg = OmegaConf.create(cfg)
         self.data_ref = data[0]
         self.num_clients = num_clients
         self.task, self.num_labels = task, num_labels
         self.checkpoint_dir = checkpoint_dir
         self.strategy = registry.build("algorithm", self.cfg.algorithm)
-        self.selector = registry.build("selection", self.cfg.selection,
-                                       num_clients=num_clients, seed=self.cfg.seed)
+        self.selector = registry.build(
+            "selection", self.cfg.selection, num_clients=num_clients, seed=self.cfg.seed
+        )
         self.pipeline = Pipeline.from_config(self.cfg)
         self.pool: ActorPool | None = None
 
@@ -77,8 +85,12 @@ class Driver:
         state = self._resume_state() if resume else None
         if state is None:
             state = DriverState(round=0, global_state=self.pool.call("initial_state"))
-        yield {"event": "ready", "actors": actors, "startup_s": time.perf_counter() - t0,
-               "start_round": state.round + 1}
+        yield {
+            "event": "ready",
+            "actors": actors,
+            "startup_s": time.perf_counter() - t0,
+            "start_round": state.round + 1,
+        }
         try:
             for rnd in range(state.round + 1, self.cfg.mode.rounds + 1):
                 metrics = self._round(rnd, state)
@@ -102,13 +114,13 @@ class Driver:
         global_ref = ray.put(global_state)  # one object per round, shared by every client
 
         def submit(actor: Any, cid: int) -> ray.ObjectRef:
-            seed = client_seed(self.cfg.seed, rnd, cid, self.cfg.client.seed_scheme,
-                               self.cfg.client.round_stride)
+            seed = client_seed(
+                self.cfg.seed, rnd, cid, self.cfg.client.seed_scheme, self.cfg.client.round_stride
+            )
             return actor.train.remote(rnd, cid, seed, global_ref, state.client_states.get(cid))
 
         outcomes = self.pool.run(selected, submit, timeout_s=m.client_timeout_s)
-        updates = sorted((o.value for o in outcomes if o.error is None),
-                         key=lambda u: u.client_id)
+        updates = sorted((o.value for o in outcomes if o.error is None), key=lambda u: u.client_id)
         failures = sorted((o.job, o.error) for o in outcomes if o.error is not None)
         if len(updates) < m.min_clients:
             raise QuorumError(
@@ -128,9 +140,15 @@ class Driver:
         metrics["round_s"] = time.perf_counter() - start
         return metrics
 
-    def _round_metrics(self, rnd: int, selected: list[int], updates: list[ClientUpdate],
-                       failures: list[tuple[int, str]], outcomes: list[Outcome],
-                       global_state: State) -> dict[str, Any]:
+    def _round_metrics(
+        self,
+        rnd: int,
+        selected: list[int],
+        updates: list[ClientUpdate],
+        failures: list[tuple[int, str]],
+        outcomes: list[Outcome],
+        global_state: State,
+    ) -> dict[str, Any]:
         n = sum(u.num_samples for u in updates)
         loss = sum(u.metrics.get("loss", 0.0) * u.num_samples for u in updates) / max(n, 1)
         return {
@@ -151,8 +169,10 @@ class Driver:
 
     def _maybe_checkpoint(self, state: DriverState) -> None:
         every = self.cfg.mode.checkpoint_every
-        if self.checkpoint_dir and every > 0 and (
-            state.round % every == 0 or state.round == self.cfg.mode.rounds
+        if (
+            self.checkpoint_dir
+            and every > 0
+            and (state.round % every == 0 or state.round == self.cfg.mode.rounds)
         ):
             state.strategy = self.strategy.state_dict()
             state.selector = self.selector.state_dict()
@@ -171,9 +191,21 @@ class Driver:
         return state
 
 
-def start(cfg: DictConfig, data_ref: ray.ObjectRef, num_clients: int, task: str,
-          num_labels: int | None, checkpoint_dir: str | None = None) -> Any:
+def start(
+    cfg: DictConfig,
+    data_ref: ray.ObjectRef,
+    num_clients: int,
+    task: str,
+    num_labels: int | None,
+    checkpoint_dir: str | None = None,
+) -> Any:
     """Start the driver actor (no CPU reserved: it mostly waits on the client actors)."""
     remote_cls = ray.remote(Driver).options(num_cpus=0, max_concurrency=1)
-    return remote_cls.remote(OmegaConf.to_container(cfg, resolve=True), [data_ref], num_clients,
-                             task, num_labels, checkpoint_dir)
+    return remote_cls.remote(
+        OmegaConf.to_container(cfg, resolve=True),
+        [data_ref],
+        num_clients,
+        task,
+        num_labels,
+        checkpoint_dir,
+    )

@@ -55,8 +55,12 @@ class ActorPool:
         self.actors[idx] = self.make_actor()
         self.replaced += 1
 
-    def run(self, jobs: Iterable[Any], submit: Callable[[Any, Any], ray.ObjectRef],
-            timeout_s: float = 0.0) -> list[Outcome]:
+    def run(
+        self,
+        jobs: Iterable[Any],
+        submit: Callable[[Any, Any], ray.ObjectRef],
+        timeout_s: float = 0.0,
+    ) -> list[Outcome]:
         """Run every job as `submit(actor, job)`; outcomes in completion order.
 
         A job running longer than `timeout_s` (0: no limit) fails with a timeout, and its actor
@@ -84,9 +88,14 @@ class ActorPool:
                 self._expire(inflight, load, outcomes, timeout_s)
         return outcomes
 
-    def _collect(self, ref: ray.ObjectRef, job: Any, idx: int,
-                 inflight: dict[ray.ObjectRef, tuple[Any, int, float]],
-                 load: list[int]) -> Outcome:
+    def _collect(
+        self,
+        ref: ray.ObjectRef,
+        job: Any,
+        idx: int,
+        inflight: dict[ray.ObjectRef, tuple[Any, int, float]],
+        load: list[int],
+    ) -> Outcome:
         try:
             return Outcome(job, value=ray.get(ref))
         except RayActorError as exc:
@@ -96,8 +105,9 @@ class ActorPool:
         except RayTaskError as exc:
             return Outcome(job, error=error_line(exc))
 
-    def _drop_actor(self, idx: int, inflight: dict[ray.ObjectRef, tuple[Any, int, float]],
-                    load: list[int]) -> None:
+    def _drop_actor(
+        self, idx: int, inflight: dict[ray.ObjectRef, tuple[Any, int, float]], load: list[int]
+    ) -> None:
         """Replace actor `idx`; its other in-flight calls stay tracked and fail on their own."""
         self._replace(idx)
         for ref, (job, i, started) in list(inflight.items()):
@@ -105,8 +115,13 @@ class ActorPool:
                 inflight[ref] = (job, -1, started)
         load[idx] = 0
 
-    def _expire(self, inflight: dict[ray.ObjectRef, tuple[Any, int, float]], load: list[int],
-                outcomes: list[Outcome], timeout_s: float) -> None:
+    def _expire(
+        self,
+        inflight: dict[ray.ObjectRef, tuple[Any, int, float]],
+        load: list[int],
+        outcomes: list[Outcome],
+        timeout_s: float,
+    ) -> None:
         now = time.monotonic()
         for ref, (job, idx, started) in list(inflight.items()):
             if now - started > timeout_s and idx >= 0:

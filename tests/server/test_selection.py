@@ -15,8 +15,13 @@ def _sampler(n: int, seed: int = 0):
 def test_uniform_reproduces_the_w1_schedule() -> None:
     s = _sampler(20)
     got = [s.select(r, 5) for r in range(1, 6)]
-    assert got == [[1, 8, 12, 13, 15], [6, 9, 11, 12, 15], [3, 4, 9, 16, 18],
-                   [4, 8, 9, 17, 19], [2, 3, 10, 15, 19]]
+    assert got == [
+        [1, 8, 12, 13, 15],
+        [6, 9, 11, 12, 15],
+        [3, 4, 9, 16, 18],
+        [4, 8, 9, 17, 19],
+        [2, 3, 10, 15, 19],
+    ]
 
 
 def test_uniform_state_dict_resumes_the_stream() -> None:
