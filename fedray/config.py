@@ -137,6 +137,9 @@ class ModeConfig:
         default=1, metadata={"help": "Quorum: fewer successful updates fail the round."}
     )
     eval_every: int = field(default=1, metadata={"help": "Evaluate every N rounds (and last)."})
+    eval_initial: bool = field(
+        default=False, metadata={"help": "Also evaluate the initial model (logged as round 0)."}
+    )
     client_timeout_s: float = field(
         default=0.0, metadata={"help": "Per-client timeout in seconds (0: none)."}
     )

@@ -28,6 +28,7 @@ class RunResult:
     ui_command: str = ""
     wall_s: float = 0.0
     ready: dict[str, Any] = field(default_factory=dict)
+    initial: dict[str, float] = field(default_factory=dict)
 
     @property
     def metric(self) -> float:
@@ -141,6 +142,10 @@ def run_experiment(
                         f"{event['startup_s']:.1f} s; {data.num_clients()} clients"
                     )
                     progress.header(cfg.mode.rounds)
+                elif event["event"] == "initial":
+                    result.initial = {k: v for k, v in event.items() if k.startswith("eval_")}
+                    progress.line(f"initial model: {result.initial}")
+                    tracker.log_metrics(result.initial, step=0)
                 elif event["event"] == "round":
                     schedule.append(event["selected"])
                     progress.row(event)

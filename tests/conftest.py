@@ -14,7 +14,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A local Ray with 2 CPUs and 4 logical GPUs, started once and always shut down."""
+    """A local Ray with 2 CPUs and 2 logical GPUs, started once and always shut down."""
     import logging
 
     import ray

@@ -92,6 +92,9 @@ class Driver:
             "start_round": state.round + 1,
         }
         try:
+            if self.cfg.mode.eval_initial and state.round == 0:
+                ev = self.pool.call("evaluate", state.global_state)
+                yield {"event": "initial", "round": 0, **{f"eval_{k}": v for k, v in ev.items()}}
             for rnd in range(state.round + 1, self.cfg.mode.rounds + 1):
                 metrics = self._round(rnd, state)
                 state.round = rnd
