@@ -20,6 +20,7 @@ from fedray.errors import QuorumError
 from fedray.pipeline import Pipeline
 from fedray.seeding import client_seed
 from fedray.server.pool import ActorPool, Outcome
+from fedray.strategies.validate import split_valid
 from fedray.types import ClientUpdate, State
 
 
@@ -125,18 +126,31 @@ class Driver:
         outcomes = self.pool.run(selected, submit, timeout_s=m.client_timeout_s)
         updates = sorted((o.value for o in outcomes if o.error is None), key=lambda u: u.client_id)
         failures = sorted((o.job, o.error) for o in outcomes if o.error is not None)
-        if len(updates) < m.min_clients:
+        lost = len(failures)
+        contributions, rejected = split_valid(
+            self.pipeline.server(updates, round=rnd), global_state
+        )
+        failures += [(cid, f"update rejected: {why}") for cid, why in rejected]
+        if len(contributions) < m.min_clients:
             raise QuorumError(
-                f"round {rnd}: {len(updates)} of {len(selected)} clients returned an update, "
-                f"fewer than mode.min_clients={m.min_clients}; first failure: "
+                f"round {rnd}: {len(contributions)} of {len(selected)} clients returned a valid "
+                f"update, fewer than mode.min_clients={m.min_clients}; first failure: "
                 f"{failures[0][1] if failures else 'none'}"
             )
+        try:
+            state.global_state = self.strategy.aggregate(global_state, contributions)
+        except ValueError as exc:
+            raise QuorumError(
+                f"round {rnd}: algorithm={self.cfg.algorithm.name} cannot aggregate "
+                f"{len(contributions)} updates: {exc}; raise mode.min_clients accordingly"
+            ) from None
+        ok = {c.client_id for c in contributions}
+        updates = [u for u in updates if u.client_id in ok]
         for u in updates:
             if u.client_state is not None:
                 state.client_states[u.client_id] = u.client_state
-        contributions = self.pipeline.server(updates, round=rnd)
-        state.global_state = self.strategy.aggregate(global_state, contributions)
         metrics = self._round_metrics(rnd, selected, updates, failures, outcomes, global_state)
+        metrics["updates_rejected"] = len(failures) - lost
         if rnd % m.eval_every == 0 or rnd == m.rounds:
             ev = self.pool.call("evaluate", state.global_state)
             metrics.update({f"eval_{k}": v for k, v in ev.items()})

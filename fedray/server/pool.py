@@ -7,6 +7,7 @@ jobs it held come back as failures, marked so the caller can retry them.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -17,6 +18,8 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from fedray.errors import FedrayError
+
 
 @dataclass
 class Outcome:
@@ -26,6 +29,23 @@ class Outcome:
     value: Any = None
     error: str | None = None
     actor_lost: bool = False
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
+def creation_error(exc: BaseException) -> str:
+    """The innermost `SomeError: message` line of an actor-creation failure."""
+    for line in reversed(str(exc).splitlines()):
+        match = _ERROR_LINE.match(line.strip())
+        if match:
+            name, message = match.groups()
+            return (
+                message
+                if name in ("ModelError", "DataError", "ConfigError")
+                else (f"{name}: {message}")
+            )
+    return error_line(exc)
 
 
 def error_line(exc: BaseException) -> str:
@@ -46,8 +66,15 @@ class ActorPool:
         self.replaced = 0
 
     def wait_ready(self) -> list[dict[str, Any]]:
-        """Block until every actor has loaded its model; returns where each runs."""
-        return ray.get([a.ready.remote() for a in self.actors])
+        """Block until every actor has loaded its model; returns where each runs.
+
+        An actor whose constructor raised (bad model, bad LoRA targets, no CUDA) makes this
+        raise FedrayError with the constructor's own one-line message.
+        """
+        try:
+            return ray.get([a.ready.remote() for a in self.actors])
+        except RayActorError as exc:
+            raise FedrayError(f"client actor failed to start: {creation_error(exc)}") from None
 
     def _replace(self, idx: int) -> None:
         with suppress(Exception):  # already dead
