@@ -53,8 +53,16 @@ def test_mlflow_run_holds_config_metrics_and_artifacts(minilm_run) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["partition.num_clients"] == "4"
     assert run.data.params["algorithm.name"] == "fedavg"
-    for key in ("eval_accuracy", "eval_loss", "train_loss", "round_s", "bytes_down",
-                "bytes_up", "clients_ok", "clients_failed"):
+    for key in (
+        "eval_accuracy",
+        "eval_loss",
+        "train_loss",
+        "round_s",
+        "bytes_down",
+        "bytes_up",
+        "clients_ok",
+        "clients_failed",
+    ):
         steps = [m.step for m in client.get_metric_history(result.run_id, key)]
         assert sorted(steps) == ([0, 1, 2] if key.startswith("eval_") else [1, 2]), key
     bytes_up = client.get_metric_history(result.run_id, "bytes_up")[0].value
@@ -74,19 +82,30 @@ def test_final_adapter_loads_with_peft(minilm_run, tmp_path: Path) -> None:
 
     result, tmp = minilm_run
     mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="model",
-                                                dst_path=str(tmp_path))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="model", dst_path=str(tmp_path)
+    )
     base = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model_path("builtin:minilm"), num_labels=6)
+        resolve_model_path("builtin:minilm"), num_labels=6
+    )
     model = PeftModel.from_pretrained(base, local)
     assert model(input_ids=torch.tensor([[101, 2000, 102]])).logits.shape == (1, 6)
 
 
 def test_logical_gpus_pin_four_actors_to_two_devices(ray_cluster, tmp_path: Path) -> None:
     model = save_tiny_classifier(tmp_path / "tiny")
-    cfg = compose([*SMALL, "mode.rounds=1", "mode.eval_initial=false", "client.num_cpus=0.5",
-                   "client.num_gpus=0.5", "client.device=cpu", f"model.name_or_path={model}",
-                   "tracking=none"])
+    cfg = compose(
+        [
+            *SMALL,
+            "mode.rounds=1",
+            "mode.eval_initial=false",
+            "client.num_cpus=0.5",
+            "client.num_gpus=0.5",
+            "client.device=cpu",
+            f"model.name_or_path={model}",
+            "tracking=none",
+        ]
+    )
     result = run_experiment(cfg, tmp_path / "run", cwd=tmp_path, out=None)
     devices = sorted(a["cuda_visible_devices"] for a in result.ready["actors"])
     assert devices == ["0", "0", "1", "1"]
@@ -95,12 +114,23 @@ def test_logical_gpus_pin_four_actors_to_two_devices(ray_cluster, tmp_path: Path
 
 def test_causal_lm_on_speaking_roles(ray_cluster, tmp_path: Path) -> None:
     model = save_tiny_causal_lm(tmp_path / "gpt")
-    cfg = compose([
-        "data=shakespeare_lm", "partition=natural", "partition.max_samples_per_client=8",
-        "mode.rounds=2", "mode.clients_per_round=4", "mode.eval_initial=true",
-        "data.max_test=64", "data.max_length=32", "client.num_cpus=1", "client.lr=1e-2",
-        f"model.name_or_path={model}", "model.finetune=full", "tracking=none",
-    ])
+    cfg = compose(
+        [
+            "data=shakespeare_lm",
+            "partition=natural",
+            "partition.max_samples_per_client=8",
+            "mode.rounds=2",
+            "mode.clients_per_round=4",
+            "mode.eval_initial=true",
+            "data.max_test=64",
+            "data.max_length=32",
+            "client.num_cpus=1",
+            "client.lr=1e-2",
+            f"model.name_or_path={model}",
+            "model.finetune=full",
+            "tracking=none",
+        ]
+    )
     result = run_experiment(cfg, tmp_path / "run", cwd=tmp_path, out=None)
     assert result.history[-1]["eval_loss"] < result.initial["eval_loss"]
     assert result.history[-1]["eval_perplexity"] > 1.0

@@ -14,17 +14,30 @@ from fedray.run import run_experiment
 
 def test_resumed_run_matches_uninterrupted_run(ray_cluster, tmp_path: Path) -> None:
     model = save_tiny_classifier(tmp_path / "tiny")
-    base = ["partition.num_clients=6", "partition.max_samples_per_client=16",
-            "mode.clients_per_round=3", "mode.checkpoint_every=1", "data.max_test=48",
-            "data.max_length=24", "client.num_cpus=1", "client.lr=5e-3",
-            f"model.name_or_path={model}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
-    full = run_experiment(compose([*base, "mode.rounds=3"]), tmp_path / "a", cwd=tmp_path,
-                          out=None)
-    first = run_experiment(compose([*base, "mode.rounds=2"]), tmp_path / "b", cwd=tmp_path,
-                           out=None)
+    base = [
+        "partition.num_clients=6",
+        "partition.max_samples_per_client=16",
+        "mode.clients_per_round=3",
+        "mode.checkpoint_every=1",
+        "data.max_test=48",
+        "data.max_length=24",
+        "client.num_cpus=1",
+        "client.lr=5e-3",
+        f"model.name_or_path={model}",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    ]
+    full = run_experiment(compose([*base, "mode.rounds=3"]), tmp_path / "a", cwd=tmp_path, out=None)
+    first = run_experiment(
+        compose([*base, "mode.rounds=2"]), tmp_path / "b", cwd=tmp_path, out=None
+    )
     assert load_checkpoint(tmp_path / "b" / "checkpoint").round == 2
-    rest = run_experiment(compose([*base, "mode.rounds=3"]), tmp_path / "b", cwd=tmp_path,
-                          out=None, resume_run_id=first.run_id)
+    rest = run_experiment(
+        compose([*base, "mode.rounds=3"]),
+        tmp_path / "b",
+        cwd=tmp_path,
+        out=None,
+        resume_run_id=first.run_id,
+    )
     assert [r["round"] for r in rest.history] == [3]
     assert rest.history[0]["eval_loss"] == full.history[-1]["eval_loss"]
     assert rest.history[0]["train_loss"] == full.history[-1]["train_loss"]
