@@ -82,6 +82,13 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     modules_to_save: list[str] | None = None
+    layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Adapt only these layer indices (null: all). Top layers only = a "
+            "shorter backward pass."
+        },
+    )
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -105,6 +106,8 @@ def run_experiment(
     from fedray.tracking import Tracker
 
     t0 = time.perf_counter()
+    for noisy in ("alembic", "mlflow.store.db.utils"):  # schema-migration chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = Path(run_dir)
     progress = Progress(out)
     data, encoded = prepare(cfg)

@@ -52,7 +52,7 @@ def test_overrides_reach_the_config() -> None:
         (["partition.alpah=1"], "partition.alpah"),
         (["mode.rounds=abc"], "could not be converted to Integer"),
         (["mode.rounds=0"], "mode.rounds=0 must be >= 1"),
-        (["mode.clients_per_round=21"], "exceeds partition.num_clients=20"),
+        (["mode.clients_per_round=25"], "exceeds partition.num_clients=24"),
         (["+algorithm.mu=1"], "algorithm.mu is not an option of algorithm=fedavg"),
         (["algorithm.server_lr=-1"], "server_lr=-1.0 must be > 0"),
         (["data=files"], "data.path is required"),

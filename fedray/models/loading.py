@@ -116,6 +116,7 @@ def _lora_config(model: torch.nn.Module, cfg: ModelConfig, task_type: peft.TaskT
         lora_dropout=lora.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
         modules_to_save=to_save,
+        layers_to_transform=list(lora.layers) if getattr(lora, "layers", None) else None,
         fan_in_fan_out=conv1d,  # GPT-2 stores Conv1D weights transposed
         task_type=task_type,
     )
