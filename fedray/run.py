@@ -84,6 +84,12 @@ def prepare(cfg: DictConfig):
             f"mode.clients_per_round={cfg.mode.clients_per_round} exceeds the "
             f"{data.num_clients()} clients the partition produced; lower it"
         )
+    c = cfg.client
+    if c.seed_scheme == "linear" and data.num_clients() > c.round_stride:
+        raise DataError(
+            f"client.seed_scheme=linear needs client.round_stride >= {data.num_clients()} (the "
+            f"number of clients) so seeds do not collide; raise it or set client.seed_scheme=hash"
+        )
     tokenizer = load_tokenizer(cfg.model)
     encoded = encode_federated(data, tokenizer, cfg.data.max_length)
     return data, encoded

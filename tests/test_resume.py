@@ -24,6 +24,7 @@ def test_resumed_run_matches_uninterrupted_run(ray_cluster, tmp_path: Path) -> N
         "client.num_cpus=1",
         "client.lr=5e-3",
         f"model.name_or_path={model}",
+        "model.lora.layers=null",
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
     ]
     full = run_experiment(compose([*base, "mode.rounds=3"]), tmp_path / "a", cwd=tmp_path, out=None)
