@@ -22,31 +22,6 @@ from fedray.errors import ConfigError, FedrayError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MAX_PRECHECK = 256  # sweep combinations validated up front
-_HYDRA_FLAGS = {
-    "-m",
-    "--multirun",
-    "--cfg",
-    "-c",
-    "--help",
-    "-h",
-    "--hydra-help",
-    "--info",
-    "--resolve",
-    "--package",
-    "-p",
-    "--run",
-    "-r",
-    "--shell-completion",
-    "-sc",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-    "--version",
-}
 _FLAGS_WITH_VALUE = {
     "--cfg",
     "-c",
@@ -115,7 +90,7 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     it = iter(argv)
     for arg in it:
         name = arg.split("=", 1)[0]
-        if name in _HYDRA_FLAGS or arg.startswith("-"):
+        if arg.startswith("-"):  # every Hydra flag starts with "-", no override does
             flags.append(arg)
             if name in _FLAGS_WITH_VALUE and "=" not in arg:
                 flags.append(next(it, ""))
