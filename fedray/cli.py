@@ -138,7 +138,14 @@ def _task(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return run_experiment(cfg, hc.runtime.output_dir, cwd=hc.runtime.cwd).metric
+        overrides = " ".join(hc.overrides.task)
+        name = f"{cfg.name}-{hc.job.num}" if multirun and not cfg.tracking.run_name else None
+        tags = {"fedray.overrides": overrides, "fedray.run_dir": hc.runtime.output_dir}
+        if multirun:
+            tags["fedray.sweep_dir"] = str(hc.sweep.dir)
+        return run_experiment(
+            cfg, hc.runtime.output_dir, cwd=hc.runtime.cwd, run_name=name, tags=tags
+        ).metric
     except FedrayError as exc:
         if not multirun:
             fail(condense(str(exc)))

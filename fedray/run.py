@@ -101,6 +101,8 @@ def run_experiment(
     *,
     cwd: str | Path,
     resume_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
     out: TextIO | None = sys.stdout,
 ) -> RunResult:
     """Run one experiment; always ends the MLflow run and shuts down the Ray it started."""
@@ -122,7 +124,7 @@ def run_experiment(
     result = RunResult(run_id=None)
     with Tracker(cfg.tracking, cwd) as tracker:
         result.run_id = tracker.start(
-            run_name=cfg.tracking.run_name or cfg.name, run_id=resume_run_id
+            run_name=run_name or cfg.tracking.run_name or cfg.name, tags=tags, run_id=resume_run_id
         )
         _write_run_info(run_dir, result.run_id, tracker.uri)
         if resume_run_id is None:

@@ -81,3 +81,35 @@ def test_failure_after_start_marks_the_run_failed(tmp_path: Path) -> None:
     [experiment] = [e for e in client.search_experiments() if e.name == "fedray"]
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_multirun_records_one_finished_run_per_job(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from fedray.models import save_tiny_classifier
+
+    model = save_tiny_classifier(tmp_path / "tiny")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-c",
+        "from fedray.cli import main; main()",
+        "-m",
+        "partition=iid,dirichlet",
+        f"model.name_or_path={model}",
+        "model.lora.layers=null",
+        "mode.rounds=1",
+        "mode.clients_per_round=4",
+        "partition.max_samples_per_client=16",
+        "data.max_test=48",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("fedray")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["fedray-0", "fedray-1"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.params["partition.name"] for r in runs} == {"iid", "dirichlet"}
