@@ -272,8 +272,3 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(message)
     registry.check_combination(cfg)
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML (what MLflow stores as an artifact)."""
-    return OmegaConf.to_yaml(cfg, resolve=True)

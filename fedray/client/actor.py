@@ -7,8 +7,8 @@ and goes back with the result, keyed by client id, so any actor can train any cl
 
 from __future__ import annotations
 
+import math
 import os
-import time
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -44,7 +44,7 @@ class ClientWorker:
 
         self.cfg: DictConfig = OmegaConf.create(cfg)
         c = self.cfg.client
-        threads = c.torch_threads or max(1, round(c.num_cpus + 0.49))
+        threads = c.torch_threads or max(1, math.ceil(c.num_cpus))
         device = pick_device(c.device, c.num_gpus)
         self.trainer = Trainer(
             self.cfg.model, task, num_labels, seed=self.cfg.seed, device=device, threads=threads
@@ -78,7 +78,6 @@ class ClientWorker:
         client_state: State | None = None,
     ) -> ClientUpdate:
         """Local training of one virtual client from the global state; returns its update."""
-        start = time.perf_counter()
         c = self.cfg.client
         batch = self.data.client_batch(client_id)
         self.trainer.set_state(global_state)
@@ -95,7 +94,6 @@ class ClientWorker:
         payload, nbytes_up = self.pipeline.client(
             trained, global_state, client_id=client_id, round=round
         )
-        metrics["call_s"] = time.perf_counter() - start
         return ClientUpdate(
             client_id=client_id,
             num_samples=self.data.num_samples(client_id),
