@@ -1,7 +1,8 @@
 """fedray vs the plain single-process loop on a workload of shared/bench/WORKLOAD.md.
 
 Runs both, one after the other, in one invocation; samples each process tree's memory every
-0.25 s; checks that both computed the workload (data fingerprint and per-round accuracies);
+0.25 s (RSS summed, which counts shared library pages once per process, and PSS summed, which
+splits each shared page among the processes mapping it); checks that both computed the workload (data fingerprint and per-round accuracies);
 prints times and ratios. Exit status 1 if either run did not reproduce the workload.
 
 Usage: python experiments/bench/bench.py w1 [--repeat N] [-- extra fedray overrides]
@@ -27,25 +28,47 @@ sys.path.insert(0, str(HERE))
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 
-def _tree_rss_mb(proc: psutil.Process) -> float:
-    total = 0
+def _name(p: psutil.Process) -> str:
+    """A short label for a process: the script or Ray role it runs."""
+    cmd = p.cmdline()
+    for part in cmd:
+        if "::" in part or part.startswith("ray::"):
+            return part.split()[0]
+    for part in reversed(cmd):
+        if part.endswith(".py") or "/" in part:
+            return Path(part.split()[0]).name
+    return p.name()
+
+
+def _tree_memory(proc: psutil.Process) -> tuple[float, float, dict[str, float]]:
+    """(summed RSS MB, summed PSS MB, PSS MB by process label) of `proc` and its descendants."""
+    rss = pss = 0
+    by_name: dict[str, float] = {}
     for p in [proc, *proc.children(recursive=True)]:
         with suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total / 2**20
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += info.pss
+            name = _name(p)
+            by_name[name] = by_name.get(name, 0.0) + info.pss / 2**20
+    return rss / 2**20, pss / 2**20, by_name
 
 
 def measure(cmd: list[str]) -> tuple[dict, float, float]:
-    """Run `cmd`; (its JSON output, wall seconds, peak summed RSS of its process tree in MB)."""
+    """Run `cmd`; (its JSON output with memory figures added, wall seconds, peak RSS MB)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         start = time.perf_counter()
         proc = subprocess.Popen([*cmd[:3], out.name, *cmd[3:]], stdout=subprocess.DEVNULL)
         ps, peak, done = psutil.Process(proc.pid), 0.0, threading.Event()
+        peak_pss, breakdown = 0.0, {}
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, peak_pss, breakdown
             while not done.is_set():
-                peak = max(peak, _tree_rss_mb(ps))
+                rss, pss, by_name = _tree_memory(ps)
+                peak = max(peak, rss)
+                if pss > peak_pss:
+                    peak_pss, breakdown = pss, by_name
                 time.sleep(0.25)
 
         thread = threading.Thread(target=sample, daemon=True)
@@ -56,7 +79,10 @@ def measure(cmd: list[str]) -> tuple[dict, float, float]:
         thread.join()
         if code != 0:
             raise SystemExit(f"{cmd[1]} exited with {code}")
-        return json.loads(Path(out.name).read_text()), wall, peak
+        res = json.loads(Path(out.name).read_text())
+        res["peak_pss_tree_mb"] = peak_pss
+        res["pss_at_peak_mb"] = {k: round(v, 1) for k, v in sorted(breakdown.items())}
+        return res, wall, peak
 
 
 def check(label: str, res: dict, w: Workload) -> list[str]:
@@ -95,12 +121,14 @@ def main() -> None:
             "median_round_s": statistics.median(rounds),
             "total_wall_s": statistics.median(wall for _, wall, _ in results),
             "peak_rss_tree_mb": max(peak for _, _, peak in results),
+            "peak_pss_tree_mb": max(res["peak_pss_tree_mb"] for res, _, _ in results),
+            "pss_at_peak_mb": results[-1][0]["pss_at_peak_mb"],
             "final_accuracy": results[-1][0]["rounds"][-1].get("eval_accuracy"),
         }
     p, f = summary["plain"], summary["fedray"]
     print(f"workload {w.name}: {args.repeat} run(s) each, side by side")
     print(f"{'':>18}{'plain loop':>14}{'fedray':>14}{'ratio':>10}")
-    for key in ("median_round_s", "total_wall_s", "peak_rss_tree_mb"):
+    for key in ("median_round_s", "total_wall_s", "peak_rss_tree_mb", "peak_pss_tree_mb"):
         print(f"{key:>18}{p[key]:>14.2f}{f[key]:>14.2f}{f[key] / p[key]:>10.3f}")
     print(f"{'final_accuracy':>18}{p['final_accuracy']:>14.4f}{f['final_accuracy']:>14.4f}")
     print(json.dumps({"workload": w.name, "plain": p, "fedray": f}))
