@@ -168,6 +168,13 @@ class ClusterConfig:
         default=None, metadata={"help": "Local object store bytes (null: Ray's default)."}
     )
     namespace: str = field(default="fedray", metadata={"help": "Ray namespace."})
+    lean: bool = field(
+        default=True,
+        metadata={
+            "help": "Local Ray only: skip the autoscaler monitor and the log monitor (about "
+            "160 MB); worker output stays in Ray's session log files."
+        },
+    )
 
 
 @dataclass

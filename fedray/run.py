@@ -73,9 +73,8 @@ class Progress:
 
 def prepare(cfg: DictConfig):
     """Validate, build the federated data and tokenize it: everything that can fail early."""
-    from fedray.client.dataset import encode_federated
+    from fedray.client.dataset import tokenize_isolated
     from fedray.data import build_federated_data
-    from fedray.models import load_tokenizer
 
     validate(cfg)
     data = build_federated_data(cfg.data, cfg.partition, cfg.seed)
@@ -90,8 +89,7 @@ def prepare(cfg: DictConfig):
             f"client.seed_scheme=linear needs client.round_stride >= {data.num_clients()} (the "
             f"number of clients) so seeds do not collide; raise it or set client.seed_scheme=hash"
         )
-    tokenizer = load_tokenizer(cfg.model)
-    encoded = encode_federated(data, tokenizer, cfg.data.max_length)
+    encoded = tokenize_isolated(cfg.model, data, cfg.data.max_length)
     return data, encoded
 
 

@@ -2,7 +2,8 @@
 
 Runs both, one after the other, in one invocation; samples each process tree's memory every
 0.25 s (RSS summed, which counts shared library pages once per process, and PSS summed, which
-splits each shared page among the processes mapping it); checks that both computed the workload (data fingerprint and per-round accuracies);
+splits each shared page among the processes mapping it); checks that both computed the workload
+(data fingerprint and per-round accuracies);
 prints times and ratios. Exit status 1 if either run did not reproduce the workload.
 
 Usage: python experiments/bench/bench.py w1 [--repeat N] [-- extra fedray overrides]

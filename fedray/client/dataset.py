@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedray.data import FederatedData
+from fedray.errors import FedrayError
 
 
 @dataclass
@@ -44,3 +51,63 @@ def encode_federated(data: FederatedData, tokenizer, max_length: int) -> Encoded
         test["labels"] = data.corpus.labels[data.test_idx].astype(np.int64)
     clients = [row_of[c] for c in data.clients]
     return EncodedData(train=train, test=test, clients=clients)
+
+
+def tokenize(model_cfg: Any, data: FederatedData, max_length: int) -> EncodedData:
+    """Load the model's tokenizer and encode the federated data with it."""
+    from fedray.models import load_tokenizer
+
+    return encode_federated(data, load_tokenizer(model_cfg), max_length)
+
+
+def tokenize_isolated(model_cfg: Any, data: FederatedData, max_length: int) -> EncodedData:
+    """:func:`tokenize`, in a short-lived child process unless torch is already loaded here.
+
+    Loading a Hugging Face tokenizer imports transformers and torch (about 300 MB of resident
+    memory that stays for the life of the process). The process that runs an experiment only
+    coordinates, so a child (`python -m fedray.client.dataset`, which never re-imports the
+    caller's script) pays for that and hands the arrays back. Errors raised there (a bad model
+    path, a tokenizer that cannot load) are raised here as the same exceptions.
+    """
+    if "torch" in sys.modules:  # already paid for: a child would only add start-up time
+        return tokenize(model_cfg, data, max_length)
+    return tokenize_in_child(model_cfg, data, max_length)
+
+
+def tokenize_in_child(model_cfg: Any, data: FederatedData, max_length: int) -> EncodedData:
+    """:func:`tokenize` in a child Python process; its exceptions are re-raised here."""
+    with tempfile.TemporaryDirectory(prefix="fedray-tokenize-") as tmp:
+        job, result = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
+        job.write_bytes(pickle.dumps((model_cfg, data, max_length)))
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedray.client.dataset", str(job), str(result)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if not result.is_file():
+            lines = proc.stderr.strip().splitlines()
+            raise FedrayError(
+                f"tokenizer process exited with code {proc.returncode}: "
+                f"{lines[-1] if lines else 'no output'}"
+            )
+        ok, value = pickle.loads(result.read_bytes())
+    if not ok:
+        raise value
+    return value
+
+
+def _child(job: str, result: str) -> None:
+    """Entry point of the tokenizer child: tokenize the pickled job, pickle the outcome."""
+    from fedray.client import dataset  # this file runs as __main__; pickle the real classes
+
+    model_cfg, data, max_length = pickle.loads(Path(job).read_bytes())
+    try:
+        outcome: tuple[bool, Any] = (True, dataset.tokenize(model_cfg, data, max_length))
+    except Exception as exc:  # handed back to the parent and raised there
+        outcome = (False, exc)
+    Path(result).write_bytes(pickle.dumps(outcome))
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2])

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import ray
 from omegaconf import DictConfig, OmegaConf
 
@@ -91,6 +92,7 @@ class Driver:
             "actors": actors,
             "startup_s": time.perf_counter() - t0,
             "start_round": state.round + 1,
+            "num_clients": self.num_clients,
         }
         try:
             if self.cfg.mode.eval_initial and state.round == 0:
@@ -155,6 +157,7 @@ class Driver:
             ev = self.pool.call("evaluate", state.global_state)
             metrics.update({f"eval_{k}": v for k, v in ev.items()})
         metrics["round_s"] = time.perf_counter() - start
+        metrics["driver_rss_mb"] = psutil.Process().memory_info().rss / 2**20
         return metrics
 
     def _round_metrics(

@@ -21,18 +21,34 @@ def check_same_keys(states: Sequence[State]) -> list[str]:
     return keys
 
 
+_BLOCK = 1 << 16  # elements per block: the accumulator and one scaled block stay in L2 cache
+
+
 def weighted_sum(states: Sequence[State], weights: Sequence[float]) -> State:
-    """sum_i weights[i] * states[i], key by key, accumulated in float32 in the given order."""
+    """sum_i weights[i] * states[i], key by key, accumulated in float32 in the given order.
+
+    Large tensors are reduced block by block so the running sum stays in cache: every update is
+    read from memory once, as in a single stacked reduction. Each element sees the same float32
+    operations in the same order whatever the blocking, so the result does not depend on it.
+    """
     if len(states) != len(weights):
         raise ValueError(f"{len(states)} states but {len(weights)} weights")
     keys = check_same_keys(states)
+    ws = [np.float32(w) for w in weights]
     out: State = {}
     for k in keys:
-        acc = np.multiply(states[0][k], np.float32(weights[0]), dtype=np.float32)
-        tmp = np.empty_like(acc)
-        for s, w in zip(states[1:], weights[1:], strict=True):
-            np.multiply(s[k], np.float32(w), out=tmp)
-            acc += tmp
+        first = np.asarray(states[0][k])
+        acc = np.empty(first.shape, dtype=np.float32)
+        flat_acc = acc.reshape(-1)
+        flats = [np.asarray(s[k]).reshape(-1) for s in states]
+        tmp = np.empty(min(flat_acc.size, _BLOCK), dtype=np.float32)
+        for lo in range(0, flat_acc.size, _BLOCK):
+            hi = min(lo + _BLOCK, flat_acc.size)
+            a, t = flat_acc[lo:hi], tmp[: hi - lo]
+            np.multiply(flats[0][lo:hi], ws[0], out=a, dtype=np.float32)
+            for f, w in zip(flats[1:], ws[1:], strict=True):
+                np.multiply(f[lo:hi], w, out=t, dtype=np.float32)
+                a += t
         out[k] = acc
     return out
 

@@ -1,0 +1,34 @@
+"""Tokenizing federated data, in this process or in a child that keeps torch out of it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedray.client.dataset import tokenize, tokenize_in_child
+from fedray.config import ModelConfig
+from fedray.data import Corpus, FederatedData
+from fedray.errors import ModelError
+
+
+@pytest.fixture
+def small() -> FederatedData:
+    texts = [f"speech number {i} of the play" for i in range(10)]
+    corpus = Corpus(texts, np.arange(10) % 2, None, ["a", "b"], "classification")
+    clients = [np.array([3, 1]), np.array([5, 7, 9])]
+    return FederatedData(corpus=corpus, test_idx=np.array([0, 2]), clients=clients)
+
+
+def test_child_tokenizes_exactly_like_this_process(cls_cfg: ModelConfig, small) -> None:
+    here, there = tokenize(cls_cfg, small, 12), tokenize_in_child(cls_cfg, small, 12)
+    for part in ("train", "test"):
+        a, b = getattr(here, part), getattr(there, part)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert all(np.array_equal(x, y) for x, y in zip(here.clients, there.clients, strict=True))
+    assert there.num_samples(1) == 3 and there.client_batch(0)["labels"].tolist() == [1, 1]
+
+
+def test_child_errors_come_back_as_themselves(tmp_path, small) -> None:
+    bad = ModelConfig(name_or_path=str(tmp_path / "not-a-model"))
+    with pytest.raises(ModelError, match="not-a-model"):
+        tokenize_in_child(bad, small, 12)

@@ -1,0 +1,40 @@
+"""The local Ray session fedray starts: lean by default, and shut down afterwards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+_PROBE = """
+import json, psutil
+from omegaconf import OmegaConf
+from fedray.cluster import ray_session
+from fedray.config import ClusterConfig
+cfg = OmegaConf.structured(ClusterConfig(num_cpus=1, lean={lean}))
+with ray_session(cfg):
+    me = psutil.Process()
+    names = [" ".join(p.cmdline()) for p in me.children(recursive=True)]
+print(json.dumps(names))
+"""
+
+
+def _helper_processes(lean: bool) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(lean=lean)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_lean_local_head_skips_the_monitors(lean: bool) -> None:
+    procs = _helper_processes(lean)
+    assert any("gcs_server" in p for p in procs) and any("raylet" in p for p in procs)
+    monitors = [p for p in procs if "log_monitor.py" in p or "autoscaler/_private/monitor" in p]
+    assert (monitors == []) == lean, monitors
