@@ -90,6 +90,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--target", type=float, default=0.30, help="accuracy for rounds-to-target")
     parser.add_argument("--out", default="experiments/noniid/out")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rebuild the table from the finished runs in the --out MLflow store",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
 
@@ -105,6 +110,11 @@ def main() -> None:
     uri = f"sqlite:///{out}/mlflow.db"
     common = [*budget(args.rounds), f"tracking.uri={uri}", *args.overrides]
     started = dt.datetime.now(dt.UTC)
+    if args.report_only:
+        rows, started = rows_from_mlflow(uri)
+        (out / "RESULTS.md").write_text(report(rows, args, started, common))
+        print((out / "RESULTS.md").read_text())
+        return
     rows: list[Row] = []
     with ray_session(compose(common).cluster):
         for part, part_overrides in PARTITIONS.items():
@@ -127,9 +137,49 @@ def main() -> None:
                 clients = build_federated_data(cfg.data, cfg.partition, cfg.seed).num_clients()
                 rows.append(Row(part, algo, clients, result.metric, reached, wall, result.run_id))
                 print(table(rows[-1:], args.target).splitlines()[-1], flush=True)
+                (out / "RESULTS.md").write_text(report(rows, args, started, common))
     text = report(rows, args, started, common)
     (out / "RESULTS.md").write_text(text)
     print(text)
+
+
+def rows_from_mlflow(uri: str) -> tuple[list[Row], dt.datetime]:
+    """Rows of the FINISHED runs of experiment `noniid` in table order, and the first start."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("noniid")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    by_name = {r.info.run_name: r for r in runs if r.info.status == "FINISHED"}
+    rows: list[Row] = []
+    for part, overrides in PARTITIONS.items():
+        for algo in ALGORITHMS:
+            run = by_name.get(f"{algo}-{part.split()[0]}")
+            if run is None or "final_accuracy" not in run.data.metrics:
+                continue
+            m = run.data.metrics
+            reached = m.get("rounds_to_target")
+            rows.append(
+                Row(
+                    part,
+                    algo,
+                    _clients(overrides),
+                    m["final_accuracy"],
+                    None if reached is None else int(reached),
+                    (run.info.end_time - run.info.start_time) / 1000,
+                    run.info.run_id,
+                )
+            )
+    starts = [r.info.start_time for r in runs] or [0]
+    return rows, dt.datetime.fromtimestamp(min(starts) / 1000, dt.UTC)
+
+
+def _clients(overrides: list[str]) -> int:
+    from fedray.cli import compose
+    from fedray.data import build_federated_data
+
+    cfg = compose([*budget(1), *overrides])
+    return build_federated_data(cfg.data, cfg.partition, cfg.seed).num_clients()
 
 
 def report(
