@@ -60,7 +60,7 @@ class _Holdout:
     def evaluate(trainer: Trainer, held: dict[str, np.ndarray] | None) -> dict[str, float]:
         if held is None:
             return {}
-        ev = trainer.evaluate(held, batch_size=max(1, num_rows(held)))
+        ev = trainer.evaluate(held, batch_size=64)
         return {"personal_accuracy": ev["accuracy"], "personal_loss": ev["loss"]}
 
 

@@ -45,7 +45,7 @@ def test_fedper_sends_only_the_body_and_keeps_the_head(trainer: Trainer, cls_dat
     assert first.num_samples == 36  # 48 - 12 held out
     assert 0.0 <= first.metrics["personal_accuracy"] <= 1.0
     # a first visit starts from the loaded head: same as training the full loaded state
-    _, train_rows = None, holdout_rows(48, 0.25, 0, 2)[0]
+    train_rows = holdout_rows(48, 0.25, 0, 2)[0]
     ref = LocalRule().run(trainer, LocalJob(2, 1, select_rows(cls_data, train_rows), full), RECIPE)
     assert _same(first.trained, {k: ref.trained[k] for k in body})
     # a later visit starts from the stored head, not the loaded one
