@@ -195,10 +195,10 @@ def report(
             "",
             f"Command: `{command}`  ",
             f"Started: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-            f"{_cpus()} CPUs, {platform.python_version()}, shared with other jobs.  ",
+            f"{_cpus()} CPUs, Python {platform.python_version()}, shared with other jobs.  ",
             f"Shared settings: `{' '.join(o for o in common if not o.startswith('tracking.uri'))}`"
-            " plus the defaults in conf/ (MiniLM + LoRA on layers 3-5, seed 0, batch 16, "
-            "AdamW lr 3e-3).",
+            " plus the defaults in conf/ (MiniLM + LoRA on layers 3-5, seed 0, "
+            "AdamW lr 3e-3, batch and steps as listed).",
             "",
             table(rows, args.target),
             "",
