@@ -25,6 +25,7 @@ class ClientUpdate:
     nbytes_up: int
     metrics: dict[str, float] = field(default_factory=dict)
     client_state: State | None = None
+    extra: State | None = None  # algorithm state sent up beside the update (SCAFFOLD's delta c)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedray.client.dataset import EncodedData
+from fedray.server.hooks import extra_nbytes
 from fedray.types import ClientUpdate, State
 
 
@@ -39,6 +40,7 @@ class ClientWorker:
     def __init__(
         self, cfg: dict[str, Any], data: EncodedData, task: str, num_labels: int | None
     ) -> None:
+        from fedray.client.rules import Recipe, client_rule
         from fedray.client.trainer import Trainer
         from fedray.pipeline import Pipeline
 
@@ -51,6 +53,8 @@ class ClientWorker:
         )
         self.pipeline = Pipeline.from_config(self.cfg)
         self.data = data
+        self.rule = client_rule(self.cfg, self.trainer)
+        self.recipe = Recipe.from_config(c)
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs: pid, device, and the GPUs Ray pinned it to."""
@@ -76,31 +80,30 @@ class ClientWorker:
         seed: int,
         global_state: State,
         client_state: State | None = None,
+        extra: State | None = None,
     ) -> ClientUpdate:
-        """Local training of one virtual client from the global state; returns its update."""
-        c = self.cfg.client
-        batch = self.data.client_batch(client_id)
-        self.trainer.set_state(global_state)
-        metrics = self.trainer.fit(
-            batch,
-            seed=seed,
-            epochs=c.epochs,
-            batch_size=c.batch_size,
-            lr=c.lr,
-            weight_decay=c.weight_decay,
-            max_steps=c.max_steps,
+        """Local training of one virtual client by the algorithm's client rule.
+
+        `extra` is what the strategy broadcast beside the global state (SCAFFOLD's c); the
+        rule's own extra state goes back in the update and counts towards `nbytes_up`.
+        """
+        from fedray.client.rules import LocalJob
+
+        job = LocalJob(
+            client_id, seed, self.data.client_batch(client_id), global_state, client_state, extra
         )
-        trained = self.trainer.get_state()
+        result = self.rule.run(self.trainer, job, self.recipe)
         payload, nbytes_up = self.pipeline.client(
-            trained, global_state, client_id=client_id, round=round
+            result.trained, global_state, client_id=client_id, round=round
         )
         return ClientUpdate(
             client_id=client_id,
-            num_samples=self.data.num_samples(client_id),
+            num_samples=result.num_samples,
             payload=payload,
-            nbytes_up=nbytes_up,
-            metrics=metrics,
-            client_state=client_state,
+            nbytes_up=nbytes_up + extra_nbytes(result.extra),
+            metrics=result.metrics,
+            client_state=result.client_state,
+            extra=result.extra,
         )
 
     def evaluate(self, global_state: State) -> dict[str, float]:

@@ -11,7 +11,12 @@ from fedray.models.loading import (
     load_tokenizer,
     resolve_model_path,
 )
-from fedray.models.state import get_trainable_state, set_trainable_state, state_keys
+from fedray.models.state import (
+    get_trainable_state,
+    set_trainable_state,
+    state_keys,
+    trainable_parameters,
+)
 from fedray.models.tiny import save_tiny_causal_lm, save_tiny_classifier
 
 __all__ = [
@@ -25,4 +30,5 @@ __all__ = [
     "save_tiny_classifier",
     "set_trainable_state",
     "state_keys",
+    "trainable_parameters",
 ]

@@ -44,6 +44,16 @@ def state_keys(model: torch.nn.Module) -> frozenset[str]:
     return _KEYS[model]
 
 
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """State key -> the trainable parameter it is read from (keys without one are skipped).
+
+    Matched by storage: peft's state dict renames keys but its tensors share the parameters'
+    memory. Buffers in a full fine-tuning state have no gradient and are left out.
+    """
+    by_ptr = {p.data_ptr(): p for p in model.parameters() if p.requires_grad}
+    return {k: by_ptr[t.data_ptr()] for k, t in _tensors(model).items() if t.data_ptr() in by_ptr}
+
+
 def _as_tensors(state: State) -> dict[str, torch.Tensor]:
     # Ray hands out read-only views; the tensors are only read (copied into the parameters).
     with warnings.catch_warnings():

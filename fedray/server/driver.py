@@ -20,6 +20,7 @@ from fedray.checkpoint import DriverState, load_checkpoint, save_checkpoint
 from fedray.errors import QuorumError
 from fedray.pipeline import Pipeline
 from fedray.seeding import client_seed
+from fedray.server import hooks
 from fedray.server.pool import ActorPool, Outcome
 from fedray.strategies.validate import split_valid
 from fedray.types import ClientUpdate, State
@@ -60,8 +61,14 @@ class Driver:
         self.task, self.num_labels = task, num_labels
         self.checkpoint_dir = checkpoint_dir
         self.strategy = registry.build("algorithm", self.cfg.algorithm)
+        hooks.setup(self.strategy, num_clients=num_clients)
+        sizes = [len(rows) for rows in ray.get(self.data_ref).clients]
         self.selector = registry.build(
-            "selection", self.cfg.selection, num_clients=num_clients, seed=self.cfg.seed
+            "selection",
+            self.cfg.selection,
+            num_clients=num_clients,
+            seed=self.cfg.seed,
+            client_sizes=sizes,
         )
         self.pipeline = Pipeline.from_config(self.cfg)
         self.pool: ActorPool | None = None
@@ -117,21 +124,25 @@ class Driver:
         m = self.cfg.mode
         selected = self.selector.select(rnd, m.clients_per_round)
         global_state: State = state.global_state
-        global_ref = ray.put(global_state)  # one object per round, shared by every client
+        sent = hooks.shared_state(self.strategy, global_state)
+        extra = hooks.broadcast(self.strategy, global_state)
+        global_ref = ray.put(sent)  # one object per round, shared by every client
+        extra_ref = None if extra is None else ray.put(extra)
 
         def submit(actor: Any, cid: int) -> ray.ObjectRef:
             seed = client_seed(
                 self.cfg.seed, rnd, cid, self.cfg.client.seed_scheme, self.cfg.client.round_stride
             )
-            return actor.train.remote(rnd, cid, seed, global_ref, state.client_states.get(cid))
+            return actor.train.remote(
+                rnd, cid, seed, global_ref, state.client_states.get(cid), extra_ref
+            )
 
         outcomes = self.pool.run(selected, submit, timeout_s=m.client_timeout_s)
         updates = sorted((o.value for o in outcomes if o.error is None), key=lambda u: u.client_id)
         failures = sorted((o.job, o.error) for o in outcomes if o.error is not None)
         lost = len(failures)
-        contributions, rejected = split_valid(
-            self.pipeline.server(updates, round=rnd), global_state
-        )
+        contributions, rejected = split_valid(self.pipeline.server(updates, round=rnd), sent)
+        hooks.attach_extras(contributions, updates)
         failures += [(cid, f"update rejected: {why}") for cid, why in rejected]
         if len(contributions) < m.min_clients:
             raise QuorumError(
@@ -151,7 +162,10 @@ class Driver:
         for u in updates:
             if u.client_state is not None:
                 state.client_states[u.client_id] = u.client_state
-        metrics = self._round_metrics(rnd, selected, updates, failures, outcomes, global_state)
+        self.selector.observe(rnd, hooks.losses(updates))
+        metrics = self._round_metrics(rnd, selected, updates, failures, outcomes, sent)
+        metrics["bytes_down"] += hooks.extra_nbytes(extra) * len(outcomes)
+        metrics.update(hooks.personal_metrics(updates))
         metrics["updates_rejected"] = len(failures) - lost
         if rnd % m.eval_every == 0 or rnd == m.rounds:
             ev = self.pool.call("evaluate", state.global_state)

@@ -1,8 +1,13 @@
-"""Client selection: which virtual clients train in a round. Registered in group `selection`."""
+"""Client selection: which virtual clients train in a round. Registered in group `selection`.
+
+A selector has ``select(round, k)``, ``observe(round, losses)`` (the driver reports each round's
+local training losses, client id -> loss, after aggregation) and state_dict/load_state_dict.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +29,14 @@ class UniformSampler:
     Rounds draw in order from one stream, so the schedule is a function of the seed alone.
     """
 
-    def __init__(self, options: UniformOptions, *, num_clients: int, seed: int) -> None:
+    def __init__(
+        self,
+        options: UniformOptions,
+        *,
+        num_clients: int,
+        seed: int,
+        client_sizes: Sequence[int] | None = None,
+    ) -> None:
         self.options = options
         self.num_clients = num_clients
         self.rng = random.Random(seed)
@@ -34,9 +46,85 @@ class UniformSampler:
             raise ValueError(f"cannot select {k} of {self.num_clients} clients")
         return sorted(self.rng.sample(range(self.num_clients), k))
 
+    def observe(self, round: int, losses: dict[int, float]) -> None:
+        """Ignored: uniform sampling uses no feedback."""
+
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_state_keys({"rng"}, state, "UniformSampler")
         self.rng.setstate(state["rng"])
+
+
+@dataclass
+class PowerOfChoiceOptions:
+    """Options of `selection=power_of_choice`."""
+
+    name: str = "power_of_choice"
+    d: int = 20  # candidates per round; d = k is uniform-by-size, larger d = more loss-greedy
+
+    def check(self) -> None:
+        if self.d < 1:
+            raise ValueError(f"d={self.d} must be >= 1 (candidates sampled per round)")
+
+
+@register("selection", "power_of_choice", PowerOfChoiceOptions)
+class PowerOfChoice:
+    """Power-of-choice (Cho et al., 2022), the stale-loss variant ("pow-d" with cached losses).
+
+    Per round: sample ``d`` distinct candidates with probability proportional to their data
+    size (Efraimidis-Spirakis keys ``u ** (1 / n_i)`` from one ``random.Random(seed)``), then
+    keep the ``k`` with the highest last reported local loss; never-seen clients rank highest,
+    ties go to the lower client id. Losses come from :meth:`observe`.
+    """
+
+    def __init__(
+        self,
+        options: PowerOfChoiceOptions,
+        *,
+        num_clients: int,
+        seed: int,
+        client_sizes: Sequence[int] | None = None,
+    ) -> None:
+        if client_sizes is None or len(client_sizes) != num_clients:
+            raise ValueError("selection=power_of_choice needs the size of every client")
+        self.options = options
+        self.num_clients = num_clients
+        self.sizes = [int(n) for n in client_sizes]
+        self.rng = random.Random(seed)
+        self.losses: dict[int, float] = {}
+
+    def candidates(self) -> list[int]:
+        """``d`` distinct clients drawn with probability proportional to size (one draw each)."""
+        keys = [
+            (self.rng.random() ** (1.0 / n) if n > 0 else 0.0, cid)
+            for cid, n in enumerate(self.sizes)
+        ]
+        keys.sort(key=lambda t: (-t[0], t[1]))
+        return [cid for _, cid in keys[: self.options.d]]
+
+    def select(self, round: int, k: int) -> list[int]:
+        if k > self.options.d:
+            raise ValueError(
+                f"selection.d={self.options.d} is below mode.clients_per_round={k}; raise d"
+            )
+        if self.options.d > self.num_clients:
+            raise ValueError(
+                f"selection.d={self.options.d} exceeds the {self.num_clients} clients; lower it"
+            )
+        cands = self.candidates()
+        cands.sort(key=lambda cid: (-self.losses.get(cid, float("inf")), cid))
+        return sorted(cands[:k])
+
+    def observe(self, round: int, losses: dict[int, float]) -> None:
+        """Remember each reporting client's latest local loss."""
+        self.losses.update({int(c): float(v) for c, v in losses.items()})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "losses": dict(self.losses)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state_keys({"rng", "losses"}, state, "PowerOfChoice")
+        self.rng.setstate(state["rng"])
+        self.losses = {int(c): float(v) for c, v in state["losses"].items()}

@@ -15,10 +15,17 @@ class Contribution:
     client_id: int
     delta: State
     num_samples: int
+    extra: State | None = None  # the update's extra state (see fedray.strategies.extra)
 
 
 class Strategy(Protocol):
-    """Pure server logic: no Ray, no I/O. Stateful strategies save and load their state."""
+    """Pure server logic: no Ray, no I/O. Stateful strategies save and load their state.
+
+    Optional hooks, called through :mod:`fedray.server.hooks` (absent: the default in brackets):
+    ``setup(*, num_clients)`` [nothing]; ``shared_state(global_state)``, what is sent down and
+    what updates must match [all of it]; ``broadcast(global_state)``, extra state sent with it
+    [none]; ``client_rule(trainer, *, seed)``, the client's update rule [the local recipe].
+    """
 
     requires_individual_updates: bool
 

@@ -1,0 +1,122 @@
+"""Personalized client rules: FedPer (local layers) and Ditto (a personal model per client).
+
+Both evaluate the client's personalized model on a seeded hold-out of the client's own samples
+right after local training and report ``personal_accuracy`` / ``personal_loss``; the driver
+averages them over the round's clients (``eval_personal_accuracy``). The hold-out exists only
+under these rules, so the partition, the test set and the data fingerprint do not change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedray.client.rules import (
+    LocalJob,
+    LocalResult,
+    Recipe,
+    as_tensors,
+    num_rows,
+    proximal_loss,
+)
+from fedray.client.trainer import Trainer
+from fedray.models import trainable_parameters
+from fedray.strategies.personal import split_local
+
+
+def holdout_rows(
+    n: int, fraction: float, seed: int, client_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows) of a client with `n` samples, both in ascending order.
+
+    ``round(fraction * n)`` rows, chosen by a generator seeded with (seed, client_id), are held
+    out, but always at least one row stays for training (a client with one sample holds out
+    nothing). The same client gets the same split in every round.
+    """
+    held = min(math.floor(fraction * n + 0.5), max(n - 1, 0))
+    perm = np.random.default_rng([seed, client_id]).permutation(n)
+    return np.sort(perm[held:]), np.sort(perm[:held])
+
+
+def select_rows(batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The given rows of every array of a batch."""
+    return {k: v[rows] for k, v in batch.items()}
+
+
+@dataclass
+class _Holdout:
+    """The seeded per-client hold-out and the personalized evaluation on it."""
+
+    fraction: float
+    seed: int
+
+    def split(self, job: LocalJob) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        train, held = holdout_rows(num_rows(job.batch), self.fraction, self.seed, job.client_id)
+        return select_rows(job.batch, train), (select_rows(job.batch, held) if len(held) else None)
+
+    @staticmethod
+    def evaluate(trainer: Trainer, held: dict[str, np.ndarray] | None) -> dict[str, float]:
+        if held is None:
+            return {}
+        ev = trainer.evaluate(held, batch_size=64)
+        return {"personal_accuracy": ev["accuracy"], "personal_loss": ev["loss"]}
+
+
+class FedPerRule:
+    """FedPer (Arivazhagan et al., 2019): keys matching `local_keys` stay on the client.
+
+    The client trains the shared part received from the server together with its own local
+    part (from the client-state store; on a first visit, the values the model was loaded
+    with). Only the shared part goes up; the local part goes back to the store.
+    """
+
+    def __init__(self, trainer: Trainer, local_keys: list[str], holdout: float, seed: int) -> None:
+        self.patterns = list(local_keys)
+        _, self.initial_local = split_local(trainer.get_state(), self.patterns)
+        self.holdout = _Holdout(holdout, seed)
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        local = job.client_state if job.client_state is not None else self.initial_local
+        if set(local) != set(self.initial_local):
+            raise ValueError("fedper: the stored local state does not match local_keys")
+        trainer.set_state({**job.global_state, **local})
+        train, held = self.holdout.split(job)
+        metrics = trainer.fit(train, seed=job.seed, **recipe.kwargs())
+        metrics.update(self.holdout.evaluate(trainer, held))
+        trained = trainer.get_state()
+        shared, new_local = split_local(trained, self.patterns)
+        return LocalResult(shared, num_rows(train), metrics, client_state=new_local)
+
+
+class DittoRule:
+    """Ditto (Li et al., 2021): a global update as FedAvg, plus a personal model v_i.
+
+    Each round the client (1) trains the global model from ``w`` with the plain recipe and
+    sends that update, and (2) trains its personal model ``v_i`` (first visit: ``w``) with the
+    same recipe and seed on ``F_i(v) + lam / 2 * ||v - w||²``, ``w`` the received global.
+    """
+
+    def __init__(self, lam: float, holdout: float, seed: int) -> None:
+        self.lam = lam
+        self.holdout = _Holdout(holdout, seed)
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        w = job.global_state
+        train, held = self.holdout.split(job)
+        trainer.set_state(w)
+        metrics = trainer.fit(train, seed=job.seed, **recipe.kwargs())
+        trained = trainer.get_state()
+        trainer.set_state(job.client_state if job.client_state is not None else w)
+        params = trainable_parameters(trainer.model)
+        personal = trainer.fit(
+            train,
+            seed=job.seed,
+            extra_loss=proximal_loss(params, as_tensors(w, params), self.lam),
+            **recipe.kwargs(),
+        )
+        metrics["personal_train_loss"] = personal["loss"]
+        metrics["compute_s"] += personal["compute_s"]
+        metrics.update(self.holdout.evaluate(trainer, held))
+        return LocalResult(trained, num_rows(train), metrics, client_state=trainer.get_state())

@@ -1,0 +1,217 @@
+"""Client update rules: how one virtual client turns the global state into its local update.
+
+The actor hands every round's job to a rule instead of calling ``Trainer.fit`` itself. An
+algorithm names its rule through an optional ``client_rule(trainer)`` method on its registered
+strategy class; algorithms without one get :class:`LocalRule`, the plain W1 recipe. Rules are
+small and composable: the loss terms below are plain functions handed to ``Trainer.fit`` as
+``extra_loss``, so the trainer stays one code path.
+
+Personalized rules live in :mod:`fedray.client.personal`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fedray.client.trainer import Trainer
+from fedray.models import trainable_parameters
+from fedray.strategies.extra import tagged, untagged
+from fedray.types import State
+
+ExtraLoss = Callable[[torch.nn.Module], torch.Tensor]
+
+
+@dataclass
+class LocalJob:
+    """One client's work for one round, as the actor received it."""
+
+    client_id: int
+    seed: int
+    batch: dict[str, np.ndarray]
+    global_state: State  # what the server sent (the strategy's shared part of the global state)
+    client_state: State | None = None  # from the driver's client-state store (None: first visit)
+    server_extra: State | None = None  # extra state the strategy broadcast (e.g. SCAFFOLD's c)
+
+
+@dataclass
+class LocalResult:
+    """What a rule produced: the trained state to send up (keys of `global_state`), and more."""
+
+    trained: State
+    num_samples: int  # the aggregation weight: samples trained on
+    metrics: dict[str, float]
+    client_state: State | None = None  # stored by the driver under the client id
+    extra: State | None = None  # extra state sent up beside the update (e.g. SCAFFOLD's delta c)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The local optimisation settings of `client.*` (the arguments of ``Trainer.fit``)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    max_steps: int = 0
+
+    @classmethod
+    def from_config(cls, client: Any) -> Recipe:
+        """Read the recipe from the `client` config node."""
+        return cls(
+            epochs=int(client.epochs),
+            batch_size=int(client.batch_size),
+            lr=float(client.lr),
+            weight_decay=float(client.weight_decay),
+            max_steps=int(client.max_steps),
+        )
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Trainer.fit``."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "max_steps": self.max_steps,
+        }
+
+
+class ClientRule(Protocol):
+    """Local training of one client; stateless across clients (state travels in the job)."""
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        """Train from ``job.global_state``; return the update and any client state."""
+        ...
+
+
+def client_rule(cfg: Any, trainer: Trainer) -> ClientRule:
+    """The rule the configured algorithm names (``client_rule`` on its strategy), else local."""
+    from fedray import registry
+
+    strategy = registry.build("algorithm", cfg.algorithm)
+    factory = getattr(strategy, "client_rule", None)
+    return LocalRule() if factory is None else factory(trainer, seed=int(cfg.seed))
+
+
+def num_rows(batch: dict[str, np.ndarray]) -> int:
+    """Samples in a batch of token arrays."""
+    return len(batch["input_ids"])
+
+
+@dataclass
+class LocalRule:
+    """The default: load the global state, run ``Trainer.fit`` once, send the result.
+
+    The client state passes through unchanged, as before rules existed.
+    """
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        trainer.set_state(job.global_state)
+        metrics = trainer.fit(job.batch, seed=job.seed, **recipe.kwargs())
+        return LocalResult(
+            trainer.get_state(), num_rows(job.batch), metrics, client_state=job.client_state
+        )
+
+
+def as_tensors(state: State, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """`state[k]` as a constant tensor beside each parameter (same device and dtype)."""
+    return {
+        k: torch.as_tensor(np.asarray(state[k]), dtype=p.dtype, device=p.device)
+        for k, p in params.items()
+    }
+
+
+def proximal_loss(
+    params: dict[str, torch.nn.Parameter], anchor: dict[str, torch.Tensor], mu: float
+) -> ExtraLoss:
+    """``mu / 2 * sum_k ||p_k - anchor_k||²``: its gradient is ``mu * (p - anchor)``.
+
+    FedProx's proximal term (anchor: the global state) and Ditto's regularizer (anchor: the
+    global state, applied to the personal model).
+    """
+
+    def loss(_: torch.nn.Module) -> torch.Tensor:
+        total = sum(((p - anchor[k]) ** 2).sum() for k, p in params.items())
+        return 0.5 * mu * total  # type: ignore[return-value]
+
+    return loss
+
+
+def linear_loss(
+    params: dict[str, torch.nn.Parameter], direction: dict[str, torch.Tensor]
+) -> ExtraLoss:
+    """``sum_k <p_k, direction_k>``: adds the constant ``direction`` to every gradient.
+
+    SCAFFOLD's correction ``c - c_i``, added to the gradient before the optimizer step.
+    """
+
+    def loss(_: torch.nn.Module) -> torch.Tensor:
+        return sum((p * direction[k]).sum() for k, p in params.items())  # type: ignore[return-value]
+
+    return loss
+
+
+@dataclass
+class ProximalRule:
+    """FedProx (Li et al., 2020): local loss + ``mu / 2 * ||w - w_global||²``."""
+
+    mu: float
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        trainer.set_state(job.global_state)
+        params = trainable_parameters(trainer.model)
+        anchor = as_tensors(job.global_state, params)
+        metrics = trainer.fit(
+            job.batch,
+            seed=job.seed,
+            extra_loss=proximal_loss(params, anchor, self.mu),
+            **recipe.kwargs(),
+        )
+        return LocalResult(
+            trainer.get_state(), num_rows(job.batch), metrics, client_state=job.client_state
+        )
+
+
+def scaffold_control_update(
+    c_i: State, c: State, x: State, y: State, steps: int, lr: float
+) -> State:
+    """Option II of Karimireddy et al. (2020): ``c_i+ = c_i - c + (x - y) / (K * lr)``."""
+    if steps <= 0:
+        raise ValueError("scaffold: the client took no local step; c_i cannot be updated")
+    scale = np.float32(1.0 / (steps * lr))
+    return {k: (c_i[k] - c[k] + (x[k] - y[k]) * scale).astype(np.float32, copy=False) for k in x}
+
+
+@dataclass
+class ScaffoldRule:
+    """SCAFFOLD's client (Karimireddy et al., 2020), on the local optimizer of the W1 recipe.
+
+    The correction ``c - c_i`` is added to each minibatch gradient *before* the optimizer step
+    (as the gradient of ``<w, c - c_i>``), so with AdamW the corrected gradient goes through
+    Adam's moment estimates; the paper's analysis assumes plain SGD. ``c_i`` is then updated
+    with option II using ``K * lr`` (K: optimizer steps taken, lr: ``client.lr``), which
+    matches SGD's displacement; under Adam it is the same formula, not a derived one.
+    Control variates cover exactly the trainable state (LoRA adapters + modules_to_save).
+    """
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        x = job.global_state
+        c = untagged(job.server_extra, "c", x, "scaffold client")
+        c_i = job.client_state or {k: np.zeros_like(v, dtype=np.float32) for k, v in x.items()}
+        trainer.set_state(x)
+        params = trainable_parameters(trainer.model)
+        direction = as_tensors({k: c[k] - c_i[k] for k in x}, params)
+        metrics = trainer.fit(
+            job.batch, seed=job.seed, extra_loss=linear_loss(params, direction), **recipe.kwargs()
+        )
+        y = trainer.get_state()
+        c_new = scaffold_control_update(c_i, c, x, y, int(metrics["steps"]), recipe.lr)
+        delta_c = {k: np.subtract(c_new[k], c_i[k], dtype=np.float32) for k in x}
+        return LocalResult(
+            y, num_rows(job.batch), metrics, client_state=c_new, extra=tagged(delta_c, "c")
+        )

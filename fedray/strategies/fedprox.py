@@ -1,0 +1,59 @@
+"""FedProx (Li et al., 2020): FedAvg on the server, a proximal term on the client.
+
+The client minimises ``F_i(w) + mu / 2 * ||w - w_global||²`` (see
+:class:`~fedray.client.rules.ProximalRule`); the server is sample-weighted FedAvg.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fedray.registry import register
+from fedray.strategies.base import Contribution
+from fedray.strategies.fedavg import FedAvg, FedAvgOptions
+from fedray.types import State
+
+if TYPE_CHECKING:
+    from fedray.client.rules import ClientRule
+    from fedray.client.trainer import Trainer
+
+
+@dataclass
+class FedProxOptions:
+    """Options of `algorithm=fedprox`."""
+
+    name: str = "fedprox"
+    mu: float = 0.01  # Li et al. tune mu in {0.001, 0.01, 0.1, 1}; 0 gives back FedAvg
+    server_lr: float = 1.0  # 1.0 is FedAvg's step
+
+    def check(self) -> None:
+        if self.mu < 0:
+            raise ValueError(f"mu={self.mu} must be >= 0")
+        if self.server_lr <= 0:
+            raise ValueError(f"server_lr={self.server_lr} must be > 0")
+
+
+@register("algorithm", "fedprox", FedProxOptions)
+class FedProx:
+    """Client rule: proximal term `mu`; server: FedAvg with `server_lr`."""
+
+    requires_individual_updates = False
+
+    def __init__(self, options: FedProxOptions) -> None:
+        self.options = options
+        self.server = FedAvg(FedAvgOptions(server_lr=options.server_lr))
+
+    def client_rule(self, trainer: Trainer, *, seed: int) -> ClientRule:
+        from fedray.client.rules import ProximalRule
+
+        return ProximalRule(self.options.mu)
+
+    def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
+        return self.server.aggregate(global_state, contributions)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.server.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.server.load_state_dict(state)

@@ -1,0 +1,117 @@
+"""Client update rules: loss terms and SCAFFOLD's c_i update by hand; rules on a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedray.client.rules import (
+    LocalJob,
+    LocalRule,
+    ProximalRule,
+    Recipe,
+    ScaffoldRule,
+    linear_loss,
+    proximal_loss,
+    scaffold_control_update,
+)
+from fedray.client.trainer import Trainer
+from fedray.config import ModelConfig
+from fedray.strategies.extra import tagged
+
+RECIPE = Recipe(epochs=1, batch_size=8, lr=3e-2, weight_decay=0.0, max_steps=3)
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _param(*values: float) -> dict[str, torch.nn.Parameter]:
+    return {"w": torch.nn.Parameter(torch.tensor(values))}
+
+
+def test_proximal_loss_value_and_gradient() -> None:
+    params = _param(1.0, 2.0)
+    loss = proximal_loss(params, {"w": torch.tensor([0.0, 1.0])}, mu=0.5)(torch.nn.Module())
+    assert loss.item() == pytest.approx(0.5)  # 0.5 / 2 * (1 + 1)
+    loss.backward()
+    assert params["w"].grad.tolist() == pytest.approx([0.5, 0.5])  # mu * (p - anchor)
+
+
+def test_linear_loss_adds_the_direction_to_the_gradient() -> None:
+    params = _param(3.0, -1.0)
+    linear_loss(params, {"w": torch.tensor([0.25, -2.0])})(torch.nn.Module()).backward()
+    assert params["w"].grad.tolist() == [0.25, -2.0]
+
+
+def test_scaffold_option_two_update() -> None:
+    c_i, c = {"w": np.float32([1.0, 0.0])}, {"w": np.float32([0.5, 1.0])}
+    x, y = {"w": np.float32([2.0, 2.0])}, {"w": np.float32([1.5, 3.0])}
+    out = scaffold_control_update(c_i, c, x, y, steps=2, lr=0.25)
+    # c_i - c + (x - y) / (K * lr) = [1 - 0.5 + 0.5 / 0.5, 0 - 1 - 1 / 0.5]
+    np.testing.assert_allclose(out["w"], [1.5, -3.0])
+    with pytest.raises(ValueError, match="no local step"):
+        scaffold_control_update(c_i, c, x, y, steps=0, lr=0.25)
+
+
+@pytest.fixture()
+def trainer(cls_cfg: ModelConfig) -> Trainer:
+    return Trainer(cls_cfg, "classification", 2, seed=0)
+
+
+def test_local_rule_is_plain_fit(trainer: Trainer, cls_data) -> None:
+    g = trainer.get_state()
+    result = LocalRule().run(trainer, LocalJob(3, 7, cls_data, g, client_state=None), RECIPE)
+    trainer.set_state(g)
+    metrics = trainer.fit(cls_data, seed=7, **RECIPE.kwargs())
+    assert _same(result.trained, trainer.get_state())
+    assert result.metrics["loss"] == metrics["loss"] and result.num_samples == 48
+    assert result.client_state is None and result.extra is None
+
+
+def test_fedprox_with_mu_zero_is_local_and_mu_pulls_toward_global(
+    trainer: Trainer, cls_data
+) -> None:
+    g = trainer.get_state()
+    job = LocalJob(0, 1, cls_data, g)
+    local = LocalRule().run(trainer, job, RECIPE).trained
+    assert _same(ProximalRule(0.0).run(trainer, job, RECIPE).trained, local)
+    prox = ProximalRule(10.0).run(trainer, job, RECIPE).trained
+
+    def dist(s: dict[str, np.ndarray]) -> float:
+        return sum(float(((s[k] - g[k]) ** 2).sum()) for k in g)
+
+    assert dist(prox) < dist(local)
+
+
+def test_scaffold_rule_with_zero_variates_is_local_and_returns_delta_c(
+    trainer: Trainer, cls_data
+) -> None:
+    g = trainer.get_state()
+    zeros = {k: np.zeros_like(v) for k, v in g.items()}
+    job = LocalJob(0, 1, cls_data, g, client_state=None, server_extra=tagged(zeros, "c"))
+    local = LocalRule().run(trainer, job, RECIPE)
+    out = ScaffoldRule().run(trainer, job, RECIPE)
+    assert _same(out.trained, local.trained)
+    steps = int(out.metrics["steps"])
+    assert steps == 3
+    for k in g:  # c_i+ = 0 - 0 + (x - y) / (K lr); delta c = c_i+ - 0
+        expected = (g[k] - out.trained[k]) / np.float32(steps * RECIPE.lr)
+        np.testing.assert_allclose(out.client_state[k], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(out.extra[f"c/{k}"], out.client_state[k])
+
+
+def test_scaffold_correction_changes_training(trainer: Trainer, cls_data) -> None:
+    g = trainer.get_state()
+    c = {k: np.full_like(v, 0.1) for k, v in g.items()}
+    zeros = {k: np.zeros_like(v) for k, v in g.items()}
+    plain = ScaffoldRule().run(
+        trainer, LocalJob(0, 1, cls_data, g, None, tagged(zeros, "c")), RECIPE
+    )
+    corrected = ScaffoldRule().run(
+        trainer, LocalJob(0, 1, cls_data, g, None, tagged(c, "c")), RECIPE
+    )
+    assert not _same(plain.trained, corrected.trained)
+    with pytest.raises(ValueError, match="no extra state"):
+        ScaffoldRule().run(trainer, LocalJob(0, 1, cls_data, g), RECIPE)

@@ -1,0 +1,60 @@
+"""Power-of-choice selection (stale-loss pow-d) and the observe hook."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedray import registry
+
+
+def _pow(sizes: list[int], d: int, seed: int = 0):
+    return registry.build(
+        "selection",
+        {"name": "power_of_choice", "d": d},
+        num_clients=len(sizes),
+        seed=seed,
+        client_sizes=sizes,
+    )
+
+
+def test_picks_highest_last_loss_and_unseen_first() -> None:
+    s = _pow([10, 10, 10, 10], d=4)  # d = N: every client is a candidate
+    assert s.select(1, 2) == [0, 1]  # all unseen: ties go to the lower id
+    s.observe(1, {0: 0.5, 1: 2.0, 2: 1.0})
+    assert s.select(2, 2) == [1, 3]  # 3 is unseen (infinite), then 1 (2.0)
+    s.observe(2, {1: 0.1, 3: 0.2})
+    assert s.select(3, 2) == [0, 2]  # losses now 0.5, 0.1, 1.0, 0.2
+
+
+def test_candidates_follow_data_size() -> None:
+    s = _pow([0, 5, 0, 5], d=2)  # clients without data are never candidates
+    for r in range(5):
+        assert s.select(r, 2) == [1, 3]
+    big = _pow([1] + [1000] * 3, d=3, seed=1)
+    counts = sum(0 in big.candidates() for _ in range(200))
+    assert counts < 10  # weight 1 against 1000: a candidate ~0.1% of draws per slot
+
+
+def test_seeded_and_resumable() -> None:
+    a, b = _pow(list(range(1, 21)), d=8, seed=3), _pow(list(range(1, 21)), d=8, seed=3)
+    assert [a.select(r, 4) for r in range(3)] == [b.select(r, 4) for r in range(3)]
+    a.observe(3, {5: 1.0, 6: 3.0})
+    saved = a.state_dict()
+    expected = [a.select(r, 4) for r in (4, 5)]
+    c = _pow(list(range(1, 21)), d=8, seed=99)
+    c.load_state_dict(saved)
+    assert [c.select(r, 4) for r in (4, 5)] == expected
+
+
+def test_rejects_d_below_k_or_above_n() -> None:
+    with pytest.raises(ValueError, match="is below"):
+        _pow([1, 1, 1], d=2).select(1, 3)
+    with pytest.raises(ValueError, match="exceeds"):
+        _pow([1, 1], d=3).select(1, 1)
+
+
+def test_uniform_accepts_and_ignores_observations() -> None:
+    a = registry.build("selection", {"name": "uniform"}, num_clients=20, seed=0, client_sizes=None)
+    b = registry.build("selection", {"name": "uniform"}, num_clients=20, seed=0)
+    a.observe(1, {3: 9.0})
+    assert a.select(1, 5) == b.select(1, 5) == [1, 8, 12, 13, 15]
