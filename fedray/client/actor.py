@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from fedray.client.dataset import EncodedData
+from fedray.client.speed import SpeedConfig, delay_s, speed_factors
 from fedray.types import ClientUpdate, State
 
 
@@ -51,6 +53,8 @@ class ClientWorker:
         )
         self.pipeline = Pipeline.from_config(self.cfg)
         self.data = data
+        speed = OmegaConf.to_object(OmegaConf.merge(SpeedConfig, self.cfg.speed))
+        self.speed = speed_factors(speed, len(data.clients), self.cfg.seed)
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs: pid, device, and the GPUs Ray pinned it to."""
@@ -90,6 +94,8 @@ class ClientWorker:
             weight_decay=c.weight_decay,
             max_steps=c.max_steps,
         )
+        metrics["delay_s"] = delay_s(float(self.speed[client_id]), metrics["compute_s"])
+        time.sleep(metrics["delay_s"])  # simulated straggler (speed.*); 0 by default
         trained = self.trainer.get_state()
         payload, nbytes_up = self.pipeline.client(
             trained, global_state, client_id=client_id, round=round
