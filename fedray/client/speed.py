@@ -57,7 +57,7 @@ def speed_factors(s: SpeedConfig, num_clients: int, seed: int) -> np.ndarray:
         return np.maximum(1.0, np.exp(s.sigma * rng.standard_normal(num_clients)))
     if s.kind == "slow_fraction":
         factors = np.ones(num_clients)
-        n_slow = int(round(s.slow_fraction * num_clients))
+        n_slow = round(s.slow_fraction * num_clients)
         factors[rng.permutation(num_clients)[:n_slow]] = s.slowdown
         return factors
     raise ValueError(check_speed(s) or s.kind)
