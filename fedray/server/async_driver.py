@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
+from omegaconf import DictConfig
 
 from fedray.checkpoint import DriverState
 from fedray.errors import QuorumError
@@ -28,14 +29,14 @@ from fedray.types import ClientUpdate, State
 class PoolExecutor:
     """Runs :class:`Job` s on the actor pool; one object-store copy per global version."""
 
-    def __init__(self, driver: AsyncDriver, pool: ActorPool) -> None:
-        self.driver, self.pool = driver, pool
+    def __init__(self, pool: ActorPool, cfg: DictConfig) -> None:
+        self.pool, self.cfg = pool, cfg
         self._ref: tuple[int, ray.ObjectRef] | None = None
 
     def submit(self, job: Job, global_state: State) -> None:
         if self._ref is None or self._ref[0] != job.version:
             self._ref = (job.version, ray.put(global_state))
-        ref, cfg = self._ref[1], self.driver.cfg
+        ref, cfg = self._ref[1], self.cfg
         seed = client_seed(
             cfg.seed, job.draw + 1, job.client_id, cfg.client.seed_scheme, cfg.client.round_stride
         )
@@ -46,7 +47,7 @@ class PoolExecutor:
         self.pool.submit(job, call)
 
     def wait(self) -> list[tuple[Job, ClientUpdate | None, str | None]]:
-        outcomes = self.pool.next_completed(self.driver.cfg.mode.client_timeout_s)
+        outcomes = self.pool.next_completed(self.cfg.mode.client_timeout_s)
         return [(o.job, o.value if o.error is None else None, o.error) for o in outcomes]
 
 
@@ -85,7 +86,7 @@ class AsyncDriver(Driver):
                 ev = self.pool.call("evaluate", state.global_state)
                 yield {"event": "initial", "round": 0, **{f"eval_{k}": v for k, v in ev.items()}}
             start = last = time.perf_counter()
-            for period in loop.run(PoolExecutor(self, self.pool)):
+            for period in loop.run(PoolExecutor(self.pool, self.cfg)):
                 metrics = self._period_metrics(period, loop)
                 if period.index % m.eval_every == 0 or period.index == m.rounds:
                     ev = self.pool.call_least_loaded("evaluate", loop.global_state)
