@@ -45,7 +45,7 @@ def test_async_preset_composes_with_both_algorithms_and_a_server_optimizer() -> 
         [
             "mode=async",
             "algorithm=fedbuff",
-            "+algorithm.server={name:fedadam,server_lr:0.01}",
+            "algorithm.server={name:fedadam,server_lr:0.01}",
             "mode.max_staleness=3",
             "speed.kind=lognormal",
         ]

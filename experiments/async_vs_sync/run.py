@@ -90,15 +90,20 @@ def main() -> None:
             "dropped": sum(r.get("updates_dropped", 0) for r in result.history),
             "staleness_mean": _mean([r.get("staleness_mean", math.nan) for r in result.history]),
         }
+        write(args.out, rows, args.rounds, extra)  # after every run: partial results survive
+
+
+def write(out: Path, rows: dict[str, dict[str, Any]], rounds: int, extra: list[str]) -> None:
+    """Time to the sync run's final accuracy for every run so far; results.md and .json."""
     sync = rows["sync-fedavg"]
     target = sync["final_accuracy"]
     for row in rows.values():
         row["time_to_target_s"] = time_to(row["curve"], target)
         row["ratio"] = row["time_to_target_s"] / sync["loop_s"]
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    table = render(rows, target, args.rounds, extra)
-    (args.out / "results.md").write_text(table)
-    print(table)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    table = render(rows, target, rounds, extra)
+    (out / "results.md").write_text(table)
+    print(table, flush=True)
 
 
 def _mean(values: list[float]) -> float:
