@@ -28,7 +28,7 @@ def test_async_run_with_stragglers_accounts_every_update_and_resumes(
         "mode.eval_every=1",
         "speed.kind=slow_fraction",
         "speed.slow_fraction=0.34",  # 2 of 6 clients
-        "speed.slowdown=20",
+        "speed.slowdown=5",
         "data.max_test=48",
         "data.max_length=24",
         "client.num_cpus=1",
