@@ -24,6 +24,7 @@ class DriverState:
     strategy: dict[str, Any] = field(default_factory=dict)
     selector: dict[str, Any] = field(default_factory=dict)
     pipeline: dict[str, Any] = field(default_factory=dict)
+    loop: dict[str, Any] = field(default_factory=dict)  # async mode: version, queue, counters
 
 
 def save_checkpoint(directory: str | Path, state: DriverState) -> Path:

@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from fedray.client.speed import SpeedConfig, check_speed
 from fedray.errors import ConfigError
 
 
@@ -137,8 +138,14 @@ class ClientConfig:
 class ModeConfig:
     """The coordinator's loop."""
 
-    name: str = field(default="sync", metadata={"help": "sync (async comes with issue 3)."})
-    rounds: int = field(default=5, metadata={"help": "Federated rounds."})
+    name: str = field(default="sync", metadata={"help": "sync | async."})
+    rounds: int = field(
+        default=5,
+        metadata={
+            "help": "Federated rounds. async: the budget is rounds * clients_per_round client "
+            "updates (applied, buffered or dropped), reported in periods of clients_per_round."
+        },
+    )
     clients_per_round: int = field(default=5, metadata={"help": "Clients trained per round."})
     min_clients: int = field(
         default=1, metadata={"help": "Quorum: fewer successful updates fail the round."}
@@ -151,6 +158,16 @@ class ModeConfig:
         default=0.0, metadata={"help": "Per-client timeout in seconds (0: none)."}
     )
     checkpoint_every: int = field(default=0, metadata={"help": "Checkpoint every N rounds."})
+    round_deadline_s: float = field(
+        default=0.0,
+        metadata={"help": "sync: drop clients not done this many seconds into a round (0: off)."},
+    )
+    max_concurrency: int = field(
+        default=5, metadata={"help": "async: client jobs in flight at most."}
+    )
+    max_staleness: int | None = field(
+        default=None, metadata={"help": "async: drop updates staler than this (null: keep all)."}
+    )
 
 
 @dataclass
@@ -201,6 +218,7 @@ class FedrayConfig:
     mode: ModeConfig = field(default_factory=ModeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     algorithm: Any = MISSING
     selection: Any = MISSING
     compression: Any = MISSING
@@ -249,7 +267,7 @@ def validate(cfg: DictConfig) -> None:
             f"mode.min_clients={m.min_clients} must be in [1, mode.clients_per_round]",
         ),
         (m.eval_every >= 1, f"mode.eval_every={m.eval_every} must be >= 1"),
-        (m.name in ("sync",), f"mode.name={m.name!r} is not available yet; use mode=sync"),
+        (m.name in ("sync", "async"), f"mode.name={m.name!r} is unknown; use mode=sync|async"),
         (c.num_cpus > 0, f"client.num_cpus={c.num_cpus} must be > 0"),
         (c.num_gpus >= 0, f"client.num_gpus={c.num_gpus} must be >= 0"),
         (c.num_actors is None or c.num_actors >= 1, "client.num_actors must be >= 1 or null"),
@@ -278,4 +296,27 @@ def validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    problem = check_speed(OmegaConf.to_object(cfg.speed)) or _mode_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     registry.check_combination(cfg)
+
+
+def _mode_problem(cfg: DictConfig) -> str | None:
+    """Sync-only and async-only options and algorithms used in the wrong mode, or None."""
+    from fedray import registry
+
+    m, algo = cfg.mode, str(cfg.algorithm.name)
+    algo_mode = getattr(registry.entry("algorithm", algo).factory, "mode", "sync")
+    if algo_mode != m.name:
+        fix = "add mode=async" if algo_mode == "async" else "use algorithm=fedasync or fedbuff"
+        return f"algorithm={algo} runs only in mode={algo_mode}, not mode={m.name}; {fix}"
+    if m.round_deadline_s < 0:
+        return f"mode.round_deadline_s={m.round_deadline_s} must be >= 0 (0: off)"
+    if m.name == "async" and m.round_deadline_s > 0:
+        return "mode.round_deadline_s applies to mode=sync only; use mode.max_staleness in async"
+    if m.max_concurrency < 1:
+        return f"mode.max_concurrency={m.max_concurrency} must be >= 1"
+    if m.max_staleness is not None and m.max_staleness < 0:
+        return f"mode.max_staleness={m.max_staleness} must be >= 0 or null (no limit)"
+    return None

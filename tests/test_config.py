@@ -15,6 +15,9 @@ REQUIRED = {
     "data/hf": ["data.path=imdb"],
     "data/files": ["data.path=x.csv"],
     "model/hf_lora": ["model.name_or_path=gpt2"],
+    "algorithm/fedasync": ["mode=async"],
+    "algorithm/fedbuff": ["mode=async"],
+    "mode/async": ["algorithm=fedbuff"],
 }
 
 

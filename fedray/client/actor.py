@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from fedray.client.dataset import EncodedData
+from fedray.client.speed import SpeedConfig, delay_s, speed_factors
 from fedray.server.hooks import extra_nbytes
 from fedray.types import ClientUpdate, State
 
@@ -55,6 +57,8 @@ class ClientWorker:
         self.data = data
         self.rule = client_rule(self.cfg, self.trainer)
         self.recipe = Recipe.from_config(c)
+        speed = OmegaConf.to_object(OmegaConf.merge(SpeedConfig, self.cfg.speed))
+        self.speed = speed_factors(speed, len(data.clients), self.cfg.seed)
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs: pid, device, and the GPUs Ray pinned it to."""
@@ -93,6 +97,9 @@ class ClientWorker:
             client_id, seed, self.data.client_batch(client_id), global_state, client_state, extra
         )
         result = self.rule.run(self.trainer, job, self.recipe)
+        delay = delay_s(float(self.speed[client_id]), result.metrics["compute_s"])
+        result.metrics["delay_s"] = delay
+        time.sleep(delay)  # simulated straggler (speed.*); 0 by default
         payload, nbytes_up = self.pipeline.client(
             result.trained, global_state, client_id=client_id, round=round
         )

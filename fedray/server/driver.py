@@ -137,7 +137,9 @@ class Driver:
                 rnd, cid, seed, global_ref, state.client_states.get(cid), extra_ref
             )
 
-        outcomes = self.pool.run(selected, submit, timeout_s=m.client_timeout_s)
+        outcomes = self.pool.run(
+            selected, submit, timeout_s=m.client_timeout_s, deadline_s=m.round_deadline_s
+        )
         updates = sorted((o.value for o in outcomes if o.error is None), key=lambda u: u.client_id)
         failures = sorted((o.job, o.error) for o in outcomes if o.error is not None)
         lost = len(failures)
@@ -167,6 +169,7 @@ class Driver:
         metrics["bytes_down"] += hooks.extra_nbytes(extra) * len(outcomes)
         metrics.update(hooks.personal_metrics(updates))
         metrics["updates_rejected"] = len(failures) - lost
+        metrics["clients_late"] = sum(o.late for o in outcomes)  # past mode.round_deadline_s
         if rnd % m.eval_every == 0 or rnd == m.rounds:
             ev = self.pool.call("evaluate", state.global_state)
             metrics.update({f"eval_{k}": v for k, v in ev.items()})
@@ -234,7 +237,10 @@ def start(
     checkpoint_dir: str | None = None,
 ) -> Any:
     """Start the driver actor (no CPU reserved: it mostly waits on the client actors)."""
-    remote_cls = ray.remote(Driver).options(num_cpus=0, max_concurrency=1)
+    from fedray.server.async_driver import AsyncDriver
+
+    cls = AsyncDriver if cfg.mode.name == "async" else Driver
+    remote_cls = ray.remote(cls).options(num_cpus=0, max_concurrency=1)
     return remote_cls.remote(
         OmegaConf.to_container(cfg, resolve=True),
         [data_ref],

@@ -29,6 +29,7 @@ class Outcome:
     value: Any = None
     error: str | None = None
     actor_lost: bool = False
+    late: bool = False  # abandoned at the round deadline (its result is never read)
 
 
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
@@ -64,6 +65,9 @@ class ActorPool:
         self.max_inflight = max_inflight
         self.actors: list[Any] = [make_actor() for _ in range(size)]
         self.replaced = 0
+        # non-barrier API (submit / next_completed): calls that outlive one method call
+        self._inflight: dict[ray.ObjectRef, tuple[Any, int, float]] = {}
+        self._load = [0] * size
 
     def wait_ready(self) -> list[dict[str, Any]]:
         """Block until every actor has loaded its model; returns where each runs.
@@ -87,12 +91,16 @@ class ActorPool:
         jobs: Iterable[Any],
         submit: Callable[[Any, Any], ray.ObjectRef],
         timeout_s: float = 0.0,
+        deadline_s: float = 0.0,
     ) -> list[Outcome]:
         """Run every job as `submit(actor, job)`; outcomes in completion order.
 
         A job running longer than `timeout_s` (0: no limit) fails with a timeout, and its actor
-        is replaced, since a hung call cannot be interrupted from outside.
+        is replaced, since a hung call cannot be interrupted from outside. Jobs not done
+        `deadline_s` (0: no deadline) after the call began come back `late`, unread: a queued
+        call is cancelled, a running one finishes on its actor and its result is dropped.
         """
+        end = time.monotonic() + deadline_s if deadline_s > 0 else None
         pending = deque(jobs)
         inflight: dict[ray.ObjectRef, tuple[Any, int, float]] = {}
         load = [0] * len(self.actors)
@@ -105,6 +113,12 @@ class ActorPool:
                     inflight[ref] = (job, idx, time.monotonic())
                     load[idx] += 1
             wait_s = None if timeout_s <= 0 else max(0.05, timeout_s / 10)
+            if end is not None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    outcomes += self._abandon(pending, inflight, deadline_s)
+                    break
+                wait_s = left if wait_s is None else min(wait_s, left)
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
             for ref in ready:
                 job, idx, _ = inflight.pop(ref)
@@ -114,6 +128,55 @@ class ActorPool:
             if timeout_s > 0:
                 self._expire(inflight, load, outcomes, timeout_s)
         return outcomes
+
+    @staticmethod
+    def _abandon(
+        pending: deque[Any], inflight: dict[ray.ObjectRef, tuple[Any, int, float]], after_s: float
+    ) -> list[Outcome]:
+        """Late outcomes for every unfinished job; queued calls are cancelled."""
+        why = f"past the {after_s:g} s round deadline"
+        for ref in inflight:
+            with suppress(Exception):  # already finished or not cancellable: result unread
+                ray.cancel(ref)
+        late = [Outcome(job, error=why, late=True) for job, _, _ in inflight.values()]
+        late += [Outcome(job, error=why, late=True) for job in pending]
+        inflight.clear()
+        pending.clear()
+        return late
+
+    def submit(self, job: Any, submit: Callable[[Any, Any], ray.ObjectRef]) -> None:
+        """Non-barrier: start `submit(actor, job)` on the least-loaded actor now."""
+        idx = min(range(len(self.actors)), key=self._load.__getitem__)
+        self._inflight[submit(self.actors[idx], job)] = (job, idx, time.monotonic())
+        self._load[idx] += 1
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs started with :meth:`submit` whose outcome :meth:`next_completed` has not given."""
+        return len(self._inflight)
+
+    def next_completed(self, timeout_s: float = 0.0) -> list[Outcome]:
+        """Block until a submitted job finished; its outcome (and any finished beside it).
+
+        `timeout_s` is the per-job limit, as in :meth:`run` (0: none).
+        """
+        outcomes: list[Outcome] = []
+        while self._inflight and not outcomes:
+            wait_s = None if timeout_s <= 0 else max(0.05, timeout_s / 10)
+            ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=wait_s)
+            for ref in ready:
+                job, idx, _ = self._inflight.pop(ref)
+                if idx >= 0:
+                    self._load[idx] -= 1
+                outcomes.append(self._collect(ref, job, idx, self._inflight, self._load))
+            if timeout_s > 0:
+                self._expire(self._inflight, self._load, outcomes, timeout_s)
+        return outcomes
+
+    def call_least_loaded(self, method: str, *args: Any) -> Any:
+        """Call `method` on the actor with the fewest submitted jobs (e.g. evaluation)."""
+        idx = min(range(len(self.actors)), key=self._load.__getitem__)
+        return ray.get(getattr(self.actors[idx], method).remote(*args))
 
     def _collect(
         self,

@@ -1,8 +1,10 @@
 """Server-side algorithms, one module each, registered by name in group `algorithm`."""
 
 from fedray.strategies import (  # noqa: F401  (registers)
+    fedasync,
     fedavg,
     fedavgm,
+    fedbuff,
     fedopt,
     fedprox,
     personal,
