@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from fedray.client.attack import AttackConfig
+from fedray.client.faults import FaultsConfig
 from fedray.errors import ConfigError
 
 
@@ -151,6 +153,17 @@ class ModeConfig:
         default=0.0, metadata={"help": "Per-client timeout in seconds (0: none)."}
     )
     checkpoint_every: int = field(default=0, metadata={"help": "Checkpoint every N rounds."})
+    max_retries: int = field(
+        default=0, metadata={"help": "Retries of a failed client within its round."}
+    )
+    on_quorum_loss: str = field(
+        default="stop",
+        metadata={"help": "Fewer than min_clients valid updates: stop | skip (global unchanged)."},
+    )
+    max_norm_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Reject updates with norm > this x the cohort's median (0: off)."},
+    )
 
 
 @dataclass
@@ -194,6 +207,8 @@ class FedrayConfig:
     mode: ModeConfig = field(default_factory=ModeConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     algorithm: Any = MISSING
     selection: Any = MISSING
     compression: Any = MISSING
@@ -271,4 +286,28 @@ def validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    check_reliability(cfg)
     registry.check_combination(cfg)
+
+
+def check_reliability(cfg: DictConfig) -> None:
+    """Cross-check retries, quorum policy, update filtering, faults and attacks."""
+    from fedray.client import attack, faults
+
+    m = cfg.mode
+    problem = (
+        (m.max_retries < 0 and f"mode.max_retries={m.max_retries} must be >= 0")
+        or (
+            m.on_quorum_loss not in ("stop", "skip")
+            and f"mode.on_quorum_loss={m.on_quorum_loss!r}: use stop or skip"
+        )
+        or (
+            not (m.max_norm_ratio == 0 or m.max_norm_ratio > 1)
+            and f"mode.max_norm_ratio={m.max_norm_ratio} must be 0 (off) or > 1"
+        )
+        or (m.client_timeout_s < 0 and "mode.client_timeout_s must be >= 0")
+        or faults.check(cfg.get("faults"), m.client_timeout_s)
+        or attack.check(cfg.get("attack"))
+    )
+    if problem:
+        raise ConfigError(problem)

@@ -39,6 +39,8 @@ class ClientWorker:
     def __init__(
         self, cfg: dict[str, Any], data: EncodedData, task: str, num_labels: int | None
     ) -> None:
+        from fedray.client.attack import Attack
+        from fedray.client.faults import FaultInjector
         from fedray.client.trainer import Trainer
         from fedray.pipeline import Pipeline
 
@@ -51,6 +53,8 @@ class ClientWorker:
         )
         self.pipeline = Pipeline.from_config(self.cfg)
         self.data = data
+        self.faults = FaultInjector(self.cfg.get("faults"))
+        self.attack = Attack(self.cfg.get("attack"), len(data.clients), self.cfg.seed)
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs: pid, device, and the GPUs Ray pinned it to."""
@@ -76,9 +80,11 @@ class ClientWorker:
         seed: int,
         global_state: State,
         client_state: State | None = None,
+        attempt: int = 0,
     ) -> ClientUpdate:
         """Local training of one virtual client from the global state; returns its update."""
         c = self.cfg.client
+        self.faults.inject(round, client_id, attempt)
         batch = self.data.client_batch(client_id)
         self.trainer.set_state(global_state)
         metrics = self.trainer.fit(
@@ -90,7 +96,7 @@ class ClientWorker:
             weight_decay=c.weight_decay,
             max_steps=c.max_steps,
         )
-        trained = self.trainer.get_state()
+        trained = self.attack.apply(self.trainer.get_state(), global_state, client_id, round)
         payload, nbytes_up = self.pipeline.client(
             trained, global_state, client_id=client_id, round=round
         )
