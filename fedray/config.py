@@ -231,7 +231,7 @@ def _plugin_node(cfg: DictConfig, group: str) -> DictConfig:
 
 def validate(cfg: DictConfig) -> None:
     """Cross-check a composed config; raise ConfigError with a one-line reason."""
-    from fedray import registry
+    from fedray import preflight, registry
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -287,6 +287,9 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(message)
     check_reliability(cfg)
+    preflight.check_known_keys(cfg, FedrayConfig)
+    if cfg.tracking.enabled:
+        preflight.check_tracking_store(cfg.tracking.uri)
     registry.check_combination(cfg)
 
 
