@@ -50,6 +50,7 @@ def run_with_retries(
             break
         if attempt > 0:
             calls.retries += len(todo)
+            pool.wait_ready()  # replacements load their model before a retry's timeout starts
         outcomes = pool.run(
             todo, lambda actor, cid, a=attempt: submit(actor, cid, a), timeout_s=timeout_s
         )

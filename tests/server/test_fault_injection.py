@@ -105,7 +105,8 @@ def test_actor_killed_from_outside_mid_round(ray_cluster, tiny_model, tmp_path) 
             "mode.rounds=2",
             "mode.max_retries=1",
             "faults.schedule=[1:0:delay,1:1:delay,1:2:delay,1:3:delay]",
-            "faults.delay_s=4",  # every round-1 call sleeps first: the kill lands mid-call
+            "faults.delay_s=8",  # every round-1 call sleeps first: the kill lands mid-call
+            "mode.checkpoint_every=1",
             "attack=nans",
             "attack.fraction=0.25",  # one of the 4 clients sends NaN every round
             "tracking=none",

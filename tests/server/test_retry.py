@@ -18,6 +18,10 @@ class ScriptedPool:
         self.errors = errors
         self.waves: list[list[int]] = []
 
+    def wait_ready(self) -> list[dict[str, Any]]:
+        self.waves.append([])  # marks where the pool was asked to wait for its actors
+        return []
+
     def run(self, jobs: list[int], submit: Any, timeout_s: float = 0.0) -> list[Outcome]:
         self.waves.append(list(jobs))
         out = []
@@ -43,7 +47,7 @@ def test_failed_clients_are_retried_until_they_succeed_or_run_out() -> None:
     calls = run_with_retries(
         pool, [0, 1, 2, 3], lambda actor, cid, attempt: attempt, timeout_s=5, max_retries=2
     )
-    assert pool.waves == [[0, 1, 2, 3], [1, 3], [3]]
+    assert pool.waves == [[0, 1, 2, 3], [], [1, 3], [], [3]]
     assert sorted(calls.values) == ["update 0", "update 1", "update 2"]
     assert calls.failures == [
         (1, "RuntimeError: boom (attempt 1)"),
