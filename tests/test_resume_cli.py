@@ -92,7 +92,9 @@ def test_killed_cli_resumes_bit_identically(tmp_path: Path) -> None:
     assert children  # Ray's local processes and the actors
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert _gone(children, timeout_s=60) == []
+    # Ray's agents notice their raylet's death by polling: on a loaded 2-core box that has taken
+    # over a minute, so allow three
+    assert _gone(children, timeout_s=180) == []
     assert load_checkpoint(tmp_path / "b" / "checkpoint").round == 2
     assert client.get_run(run_id).info.status == "RUNNING"  # killed: nothing could end it
 
