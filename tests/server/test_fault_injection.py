@@ -46,6 +46,7 @@ def _base(model: str, tmp_path: Path) -> list[str]:
 COLS = ("clients_ok", "clients_failed", "client_errors", "retries", "calls_lost", "round_skipped")
 
 
+@pytest.mark.slow  # a 20 s hang-until-timeout by design
 def test_seeded_fault_schedule_gives_exact_counts(ray_cluster, tiny_model, tmp_path) -> None:
     schedule = [
         "1:0:raise",  # retried, succeeds
