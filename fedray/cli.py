@@ -1,7 +1,8 @@
 """Command-line entry points.
 
 `fedray [overrides...]` runs an experiment (Hydra: `-m` for sweeps, `--cfg job` to print the
-composed config); `fedray resume RUN_DIR` continues a checkpointed run in the same MLflow run.
+composed config); `fedray resume RUN_DIR|RUN_ID` continues a checkpointed run in the same MLflow
+run.
 
 Every configuration is composed and validated before Hydra runs a job and before Ray starts,
 for each combination of a sweep, so bad input costs a second and one line of error, exit 2.
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedray.config import register_configs, validate
 from fedray.errors import ConfigError, FedrayError
+from fedray.preflight import check_overrides, check_writable_dir
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MAX_PRECHECK = 256  # sweep combinations validated up front
@@ -116,6 +118,12 @@ def precheck(argv: list[str]) -> None:
         f in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for f in flags
     ):
         return
+    check_overrides(overrides)
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and "$" not in value:
+            check_writable_dir(value, key)
+    check_writable_dir(os.getcwd(), "the working directory")
     job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     combos = [job_overrides]
     if any(f in ("-m", "--multirun") for f in flags):
@@ -160,20 +168,31 @@ def _run_hydra() -> None:
     hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_task)()
 
 
-def resume(run_dir: str) -> None:
-    """`fedray resume RUN_DIR`: continue a checkpointed run in the same MLflow run."""
+def resume(target: str) -> None:
+    """`fedray resume RUN_DIR|RUN_ID`: continue a checkpointed run in the same MLflow run."""
     import json
 
+    from fedray.resume import run_dir_of
     from fedray.run import RUN_INFO, run_experiment
 
-    path = Path(run_dir)
+    try:
+        path = run_dir_of(target, os.getcwd())
+    except FedrayError as exc:
+        fail(str(exc))
+    run_dir = str(path)
     cfg_file, info_file = path / ".hydra" / "config.yaml", path / RUN_INFO
     if not cfg_file.exists() or not info_file.exists():
         fail(f"{run_dir}: not a fedray run directory (needs .hydra/config.yaml and {RUN_INFO})")
     if not (path / "checkpoint").exists():
         fail(f"{run_dir}: no checkpoint; run with mode.checkpoint_every=N to make runs resumable")
-    cfg = OmegaConf.load(cfg_file)
-    info = json.loads(info_file.read_text())
+    try:
+        cfg = OmegaConf.load(cfg_file)
+        info = json.loads(info_file.read_text())
+    except Exception as exc:
+        fail(
+            f"{run_dir}: cannot read {cfg_file.name} or {RUN_INFO} ({condense(str(exc))}); "
+            "restore them (the MLflow run keeps config.yaml as an artifact)"
+        )
     if cfg.tracking.enabled and info.get("tracking_uri"):
         cfg.tracking.uri = info["tracking_uri"]
     try:
@@ -191,7 +210,7 @@ def main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] == "resume":
         if len(argv) != 2:
-            fail("usage: fedray resume RUN_DIR")
+            fail("usage: fedray resume RUN_DIR|MLFLOW_RUN_ID")
         resume(argv[1])
         return
     try:

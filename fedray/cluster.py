@@ -66,6 +66,7 @@ def ray_session(cluster) -> Iterator[bool]:
         "runtime_env": {"env_vars": dict(WORKER_ENV)},
     }
     if cluster.address:
+        _check_reachable(cluster.address)
         kwargs["address"] = cluster.address
     else:
         for key in ("num_cpus", "num_gpus", "object_store_memory"):
@@ -86,3 +87,24 @@ def ray_session(cluster) -> Iterator[bool]:
         yield True
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a `host:port` (or `ray://host:port`) nobody listens on.
+
+    `ray.init` would keep retrying such an address for minutes; "auto" is left to Ray.
+    """
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cluster.address={address!r}: nothing answers at {host}:{port} "
+            f"({exc.strerror or exc}); start the cluster there or drop the address for a local Ray"
+        ) from None

@@ -15,6 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from fedray.client.attack import AttackConfig
+from fedray.client.faults import FaultsConfig
 from fedray.client.speed import SpeedConfig, check_speed
 from fedray.errors import ConfigError
 
@@ -168,6 +170,17 @@ class ModeConfig:
     max_staleness: int | None = field(
         default=None, metadata={"help": "async: drop updates staler than this (null: keep all)."}
     )
+    max_retries: int = field(
+        default=0, metadata={"help": "Retries of a failed client within its round."}
+    )
+    on_quorum_loss: str = field(
+        default="stop",
+        metadata={"help": "Fewer than min_clients valid updates: stop | skip (global unchanged)."},
+    )
+    max_norm_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Reject updates with norm > this x the cohort's median (0: off)."},
+    )
 
 
 @dataclass
@@ -219,6 +232,8 @@ class FedrayConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     algorithm: Any = MISSING
     selection: Any = MISSING
     compression: Any = MISSING
@@ -241,7 +256,7 @@ def _plugin_node(cfg: DictConfig, group: str) -> DictConfig:
 
 def validate(cfg: DictConfig) -> None:
     """Cross-check a composed config; raise ConfigError with a one-line reason."""
-    from fedray import registry
+    from fedray import preflight, registry
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -299,6 +314,10 @@ def validate(cfg: DictConfig) -> None:
     problem = check_speed(OmegaConf.to_object(cfg.speed)) or _mode_problem(cfg)
     if problem:
         raise ConfigError(problem)
+    check_reliability(cfg)
+    preflight.check_known_keys(cfg, FedrayConfig)
+    if cfg.tracking.enabled:
+        preflight.check_tracking_store(cfg.tracking.uri)
     registry.check_combination(cfg)
 
 
@@ -320,3 +339,26 @@ def _mode_problem(cfg: DictConfig) -> str | None:
     if m.max_staleness is not None and m.max_staleness < 0:
         return f"mode.max_staleness={m.max_staleness} must be >= 0 or null (no limit)"
     return None
+
+
+def check_reliability(cfg: DictConfig) -> None:
+    """Cross-check retries, quorum policy, update filtering, faults and attacks."""
+    from fedray.client import attack, faults
+
+    m = cfg.mode
+    problem = (
+        (m.max_retries < 0 and f"mode.max_retries={m.max_retries} must be >= 0")
+        or (
+            m.on_quorum_loss not in ("stop", "skip")
+            and f"mode.on_quorum_loss={m.on_quorum_loss!r}: use stop or skip"
+        )
+        or (
+            not (m.max_norm_ratio == 0 or m.max_norm_ratio > 1)
+            and f"mode.max_norm_ratio={m.max_norm_ratio} must be 0 (off) or > 1"
+        )
+        or (m.client_timeout_s < 0 and "mode.client_timeout_s must be >= 0")
+        or faults.check(cfg.get("faults"), m.client_timeout_s)
+        or attack.check(cfg.get("attack"))
+    )
+    if problem:
+        raise ConfigError(problem)

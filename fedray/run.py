@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from fedray.config import validate
 from fedray.errors import DataError, FedrayError
+from fedray.server.failures import last_logged_round, record_failures
 
 RUN_INFO = "fedray_run.json"
 
@@ -142,6 +143,7 @@ def run_experiment(
                 checkpoint_dir=str(run_dir / "checkpoint"),
             )
             schedule: list[list[int]] = []
+            logged = last_logged_round(tracker) if resume_run_id else 0
             for ref in driver.run.remote(resume=resume_run_id is not None):
                 event = _unwrap(ref)
                 if event["event"] == "ready":
@@ -164,9 +166,11 @@ def run_experiment(
                         if isinstance(v, int | float) and not isinstance(v, bool)
                     }
                     result.history.append(row)
-                    tracker.log_metrics(row, step=event["round"])
-                    for cid, err in event["failures"]:
-                        progress.line(f"  client {cid} failed: {err}")
+                    if (
+                        event["round"] > logged
+                    ):  # a resumed run re-plays rounds after its checkpoint
+                        tracker.log_metrics(row, step=event["round"])
+                    record_failures(tracker, event, progress)
                 elif event["event"] == "done" and event["model_files"]:
                     tracker.log_files(event["model_files"], "model")
         if result.history:

@@ -42,6 +42,8 @@ class ClientWorker:
     def __init__(
         self, cfg: dict[str, Any], data: EncodedData, task: str, num_labels: int | None
     ) -> None:
+        from fedray.client.attack import Attack
+        from fedray.client.faults import FaultInjector
         from fedray.client.rules import Recipe, client_rule
         from fedray.client.trainer import Trainer
         from fedray.pipeline import Pipeline
@@ -59,6 +61,8 @@ class ClientWorker:
         self.recipe = Recipe.from_config(c)
         speed = OmegaConf.to_object(OmegaConf.merge(SpeedConfig, self.cfg.speed))
         self.speed = speed_factors(speed, len(data.clients), self.cfg.seed)
+        self.faults = FaultInjector(self.cfg.get("faults"))
+        self.attack = Attack(self.cfg.get("attack"), len(data.clients), self.cfg.seed)
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs: pid, device, and the GPUs Ray pinned it to."""
@@ -85,23 +89,27 @@ class ClientWorker:
         global_state: State,
         client_state: State | None = None,
         extra: State | None = None,
+        attempt: int = 0,
     ) -> ClientUpdate:
         """Local training of one virtual client by the algorithm's client rule.
 
         `extra` is what the strategy broadcast beside the global state (SCAFFOLD's c); the
         rule's own extra state goes back in the update and counts towards `nbytes_up`.
+        `attempt` counts retries within the round (the fault schedule may depend on it).
         """
         from fedray.client.rules import LocalJob
 
+        self.faults.inject(round, client_id, attempt)
         job = LocalJob(
             client_id, seed, self.data.client_batch(client_id), global_state, client_state, extra
         )
         result = self.rule.run(self.trainer, job, self.recipe)
+        trained = self.attack.apply(result.trained, global_state, client_id, round)
         delay = delay_s(float(self.speed[client_id]), result.metrics["compute_s"])
         result.metrics["delay_s"] = delay
         time.sleep(delay)  # simulated straggler (speed.*); 0 by default
         payload, nbytes_up = self.pipeline.client(
-            result.trained, global_state, client_id=client_id, round=round
+            trained, global_state, client_id=client_id, round=round
         )
         return ClientUpdate(
             client_id=client_id,

@@ -22,7 +22,7 @@ from fedray.pipeline import Pipeline
 from fedray.seeding import client_seed
 from fedray.server import hooks
 from fedray.server.pool import ActorPool, Outcome
-from fedray.strategies.validate import split_valid
+from fedray.server.retry import quorum_shortfall, run_with_retries, screen
 from fedray.types import ClientUpdate, State
 
 
@@ -129,37 +129,50 @@ class Driver:
         global_ref = ray.put(sent)  # one object per round, shared by every client
         extra_ref = None if extra is None else ray.put(extra)
 
-        def submit(actor: Any, cid: int) -> ray.ObjectRef:
+        def submit(actor: Any, cid: int, attempt: int) -> ray.ObjectRef:
             seed = client_seed(
                 self.cfg.seed, rnd, cid, self.cfg.client.seed_scheme, self.cfg.client.round_stride
             )
             return actor.train.remote(
-                rnd, cid, seed, global_ref, state.client_states.get(cid), extra_ref
+                rnd,
+                cid,
+                seed,
+                global_ref,
+                state.client_states.get(cid),
+                extra_ref,
+                attempt=attempt,
             )
 
-        outcomes = self.pool.run(
-            selected, submit, timeout_s=m.client_timeout_s, deadline_s=m.round_deadline_s
+        calls = run_with_retries(
+            self.pool,
+            selected,
+            submit,
+            timeout_s=m.client_timeout_s,
+            max_retries=m.max_retries,
+            deadline_s=m.round_deadline_s,
         )
-        updates = sorted((o.value for o in outcomes if o.error is None), key=lambda u: u.client_id)
-        failures = sorted((o.job, o.error) for o in outcomes if o.error is not None)
-        lost = len(failures)
-        contributions, rejected = split_valid(self.pipeline.server(updates, round=rnd), sent)
+        outcomes = calls.outcomes
+        updates = sorted(calls.values, key=lambda u: u.client_id)
+        failures = list(calls.failures)
+        contributions, rejected = screen(
+            self.pipeline.server(updates, round=rnd), sent, m.max_norm_ratio
+        )
         hooks.attach_extras(contributions, updates)
         failures += [(cid, f"update rejected: {why}") for cid, why in rejected]
-        if len(contributions) < m.min_clients:
-            raise QuorumError(
-                f"round {rnd}: {len(contributions)} of {len(selected)} clients returned a valid "
-                f"update, fewer than mode.min_clients={m.min_clients}; first failure: "
-                f"{failures[0][1] if failures else 'none'}"
-            )
-        try:
-            state.global_state = self.strategy.aggregate(global_state, contributions)
-        except ValueError as exc:
-            raise QuorumError(
-                f"round {rnd}: algorithm={self.cfg.algorithm.name} cannot aggregate "
-                f"{len(contributions)} updates: {exc}; raise mode.min_clients accordingly"
-            ) from None
-        ok = {c.client_id for c in contributions}
+        shortfall = quorum_shortfall(
+            rnd, len(contributions), len(selected), m.min_clients, failures
+        )
+        if shortfall is None:
+            try:
+                state.global_state = self.strategy.aggregate(global_state, contributions)
+            except ValueError as exc:
+                shortfall = (
+                    f"round {rnd}: algorithm={self.cfg.algorithm.name} cannot aggregate "
+                    f"{len(contributions)} updates: {exc}; raise mode.min_clients accordingly"
+                )
+        if shortfall is not None and m.on_quorum_loss == "stop":
+            raise QuorumError(f"{shortfall}; or set mode.on_quorum_loss=skip")
+        ok = set() if shortfall else {c.client_id for c in contributions}
         updates = [u for u in updates if u.client_id in ok]
         for u in updates:
             if u.client_state is not None:
@@ -168,8 +181,15 @@ class Driver:
         metrics = self._round_metrics(rnd, selected, updates, failures, outcomes, sent)
         metrics["bytes_down"] += hooks.extra_nbytes(extra) * len(outcomes)
         metrics.update(hooks.personal_metrics(updates))
-        metrics["updates_rejected"] = len(failures) - lost
-        metrics["clients_late"] = sum(o.late for o in outcomes)  # past mode.round_deadline_s
+        metrics.update(
+            clients_failed=len(selected) - len(updates),
+            client_errors=len(calls.failures),
+            retries=calls.retries,
+            calls_lost=calls.calls_lost,
+            updates_rejected=len(rejected),
+            round_skipped=int(shortfall is not None),
+            clients_late=sum(o.late for o in outcomes),  # past mode.round_deadline_s
+        )
         if rnd % m.eval_every == 0 or rnd == m.rounds:
             ev = self.pool.call("evaluate", state.global_state)
             metrics.update({f"eval_{k}": v for k, v in ev.items()})

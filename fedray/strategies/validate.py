@@ -69,3 +69,32 @@ def check_like(state: State, reference: State, what: str) -> None:
                 f"{what}: key {key!r} has shape {np.shape(state[key])}, "
                 f"the global state has {np.shape(ref)}"
             )
+
+
+def update_norm(delta: State) -> float:
+    """The L2 norm of a whole delta (all keys together), accumulated in float64."""
+    return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in delta.values())))
+
+
+def norm_outliers(
+    contributions: list[Contribution], max_ratio: float
+) -> tuple[list[Contribution], list[tuple[int, str]]]:
+    """Split off updates whose norm exceeds `max_ratio` x the median norm of `contributions`.
+
+    `max_ratio` <= 0 turns the check off. Use on updates that passed :func:`split_valid`
+    (finite values), so every norm is finite.
+    """
+    if max_ratio <= 0 or len(contributions) < 2:
+        return list(contributions), []
+    norms = [update_norm(c.delta) for c in contributions]
+    median = float(np.median(norms))
+    kept: list[Contribution] = []
+    rejected: list[tuple[int, str]] = []
+    for c, norm in zip(contributions, norms, strict=True):
+        if norm > max_ratio * median:
+            rejected.append(
+                (c.client_id, f"norm {norm:.4g} > {max_ratio:g} x the median norm {median:.4g}")
+            )
+        else:
+            kept.append(c)
+    return kept, rejected

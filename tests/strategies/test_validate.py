@@ -90,3 +90,38 @@ def test_check_like() -> None:
         check_like(_delta(b=None), REF, "x")
     with pytest.raises(ValueError, match=r"x: key 'b' has shape \(4,\)"):
         check_like(_delta(b=np.ones(4, np.float32)), REF, "x")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "options"),
+    [
+        ("fedavg", {}),
+        ("fedavgm", {}),
+        ("fedadam", {}),
+        ("median", {}),
+        ("trimmed_mean", {"beta": 0.2}),
+        ("krum", {"f": 1}),
+        ("multikrum", {"f": 1}),
+    ],
+)
+def test_nan_updates_never_reach_the_global_state(algorithm: str, options: dict) -> None:
+    """Screened as the driver does, 2 NaN/Inf updates among 7 leave every aggregator finite."""
+    from fedray import registry
+    from fedray.server.retry import screen
+
+    rng = np.random.default_rng(0)
+    honest = [
+        Contribution(
+            i, {"w": rng.normal(size=(2, 3)).astype(np.float32), "b": np.ones(3, np.float32)}, 1
+        )
+        for i in range(5)
+    ]
+    bad = [
+        Contribution(5, {"w": np.full((2, 3), np.nan, np.float32), "b": np.ones(3, np.float32)}, 1),
+        Contribution(6, {"w": np.ones((2, 3), np.float32), "b": _nan_at((3,), np.inf, 1)}, 1),
+    ]
+    kept, rejected = screen([*honest[:3], *bad, *honest[3:]], REF, max_norm_ratio=0.0)
+    assert [c for c, _ in rejected] == [5, 6] and len(kept) == 5
+    strategy = registry.build("algorithm", {"name": algorithm, **options})
+    out = strategy.aggregate(REF, kept)
+    assert all(np.isfinite(v).all() for v in out.values())
