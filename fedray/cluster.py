@@ -72,6 +72,7 @@ def ray_session(cluster) -> Iterator[bool]:
         for key in ("num_cpus", "num_gpus", "object_store_memory"):
             if cluster[key] is not None:
                 kwargs[key] = cluster[key]
+        kwargs["_system_config"] = {"worker_niceness": int(cluster.worker_niceness)}
     lean = not cluster.address and cluster.lean
     try:
         with lean_local_head() if lean else nullcontext():

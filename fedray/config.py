@@ -198,6 +198,13 @@ class ClusterConfig:
         default=None, metadata={"help": "Local object store bytes (null: Ray's default)."}
     )
     namespace: str = field(default="fedray", metadata={"help": "Ray namespace."})
+    worker_niceness: int = field(
+        default=0,
+        metadata={
+            "help": "Local Ray only: nice value of worker processes; Ray's own default of 15 "
+            "puts the client actors below every other process on a shared machine."
+        },
+    )
     lean: bool = field(
         default=True,
         metadata={

@@ -13,15 +13,17 @@ import json, psutil
 from omegaconf import OmegaConf
 from fedray.cluster import ray_session
 from fedray.config import ClusterConfig
+import os, ray
 cfg = OmegaConf.structured(ClusterConfig(num_cpus=1, lean={lean}))
 with ray_session(cfg):
     me = psutil.Process()
     names = [" ".join(p.cmdline()) for p in me.children(recursive=True)]
-print(json.dumps(names))
+    nice = ray.get(ray.remote(lambda: os.nice(0)).remote())
+print(json.dumps([nice, names]))
 """
 
 
-def _helper_processes(lean: bool) -> list[str]:
+def _helper_processes(lean: bool) -> tuple[int, list[str]]:
     out = subprocess.run(
         [sys.executable, "-c", _PROBE.format(lean=lean)],
         capture_output=True,
@@ -34,7 +36,8 @@ def _helper_processes(lean: bool) -> list[str]:
 
 @pytest.mark.parametrize("lean", [True, False])
 def test_lean_local_head_skips_the_monitors(lean: bool) -> None:
-    procs = _helper_processes(lean)
+    nice, procs = _helper_processes(lean)
+    assert nice == 0  # cluster.worker_niceness, not Ray's 15
     assert any("gcs_server" in p for p in procs) and any("raylet" in p for p in procs)
     monitors = [p for p in procs if "log_monitor.py" in p or "autoscaler/_private/monitor" in p]
     assert (monitors == []) == lean, monitors
