@@ -14,18 +14,28 @@ from fedray.strategies.base import Contribution
 class ScriptedPool:
     """Fails (client, attempt) pairs listed in `errors`; records what it was asked to run."""
 
-    def __init__(self, errors: dict[tuple[int, int], tuple[str, bool]]) -> None:
+    def __init__(
+        self, errors: dict[tuple[int, int], tuple[str, bool]], late: frozenset[int] = frozenset()
+    ) -> None:
         self.errors = errors
+        self.late = late  # clients still running at the round deadline
         self.waves: list[list[int]] = []
+        self.deadlines: list[float] = []
 
     def wait_ready(self) -> list[dict[str, Any]]:
         self.waves.append([])  # marks where the pool was asked to wait for its actors
         return []
 
-    def run(self, jobs: list[int], submit: Any, timeout_s: float = 0.0) -> list[Outcome]:
+    def run(
+        self, jobs: list[int], submit: Any, timeout_s: float = 0.0, deadline_s: float = 0.0
+    ) -> list[Outcome]:
         self.waves.append(list(jobs))
+        self.deadlines.append(deadline_s)
         out = []
         for cid in jobs:
+            if cid in self.late:
+                out.append(Outcome(cid, error="past the deadline", late=True))
+                continue
             attempt = submit(None, cid)
             error = self.errors.get((cid, attempt))
             if error is None:
@@ -56,6 +66,22 @@ def test_failed_clients_are_retried_until_they_succeed_or_run_out() -> None:
         (3, "RuntimeError: again (attempt 3)"),
     ]
     assert (calls.retries, calls.calls_lost, len(calls.outcomes)) == (3, 1, 7)
+
+
+def test_late_clients_are_not_retried_and_the_deadline_bounds_every_wave() -> None:
+    pool = ScriptedPool({(1, 0): ("RuntimeError: boom", False)}, late=frozenset({2}))
+    calls = run_with_retries(
+        pool,
+        [0, 1, 2],
+        lambda actor, cid, attempt: attempt,
+        timeout_s=0,
+        max_retries=3,
+        deadline_s=60,
+    )
+    assert pool.waves == [[0, 1, 2], [], [1]]  # 2 was late: never retried
+    assert sorted(calls.values) == ["update 0", "update 1"]
+    assert [cid for cid, _ in calls.failures] == [1, 2]
+    assert 0 < pool.deadlines[1] <= pool.deadlines[0] <= 60  # what is left of the round
 
 
 def test_no_retries_means_one_wave() -> None:
