@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -68,6 +69,13 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/fedray-flower-data"))
     ap.add_argument("--num-cpus", default="2", help="Flower: Ray CPUs per ClientApp")
     ap.add_argument("--threads", default="2", help="Flower: torch threads per ClientApp")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="only the first N rounds (0: all); checks the reference accuracies of those rounds "
+        "and that fedray and Flower agree on the data fingerprint of the cut schedule",
+    )
     args = ap.parse_args()
     w = WORKLOADS[args.workload]
     data, export_s = export(w.name, args.data_dir)
@@ -81,12 +89,25 @@ def main() -> None:
         args.num_cpus,
         "--threads",
         args.threads,
+        "--rounds",
+        str(args.rounds),
     ]
+    fedray_cmd = [sys.executable, str(HERE / "fedray_runner.py"), w.name]
+    if args.rounds:
+        fedray_cmd.append(f"mode.rounds={args.rounds}")
     runs: dict[str, list[tuple[dict, float, float]]] = {"fedray": [], "flower": []}
     for _ in range(args.repeat):
-        runs["fedray"].append(measure([sys.executable, str(HERE / "fedray_runner.py"), w.name]))
+        runs["fedray"].append(measure(fedray_cmd))
         runs["flower"].append(measure(flower_cmd))
+    if args.rounds:  # the reference fingerprint hashes the whole schedule: compare the two
+        accs = tuple(
+            a for r, a in zip(w.eval_rounds, w.accuracies, strict=True) if r <= args.rounds
+        )
+        w = replace(w, fingerprint=runs["fedray"][0][0]["fingerprint"], accuracies=accs)
     problems = [p for label, rs in runs.items() for res, _, _ in rs for p in check(label, res, w)]
+    for label in runs:
+        losses = [round(r["train_loss"], 4) for r in runs[label][-1][0]["rounds"]]
+        print(f"{label} training loss per round: {losses}")
     f, fl = summarize(runs["fedray"]), summarize(runs["flower"])
     print(f"workload {w.name}: {args.repeat} run(s) each, side by side")
     print(f"{'':>18}{'fedray':>14}{'Flower':>14}{'fedray/Flower':>15}")

@@ -57,7 +57,7 @@ def main() -> None:
     if "rounds" not in server_app.RESULT:
         raise SystemExit("the ServerApp did not finish (see Flower's log above)")
     result = {
-        "fingerprint": fingerprint(data),
+        "fingerprint": fingerprint(data, args.rounds),
         "exported_fingerprint": str(data["fingerprint"]),
         "rounds": server_app.RESULT["rounds"],
         "node_map_s": server_app.RESULT["node_map_s"],

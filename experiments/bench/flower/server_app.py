@@ -81,6 +81,7 @@ def main(grid: Grid, context: Context) -> None:
     data = load_data(setup.data)
     _, _, _, lora, eval_rounds = PARAMS[setup.workload]
     schedule = data["schedule"].tolist()[: setup.rounds or None]
+    eval_rounds = {*eval_rounds, len(schedule)}  # and the last, as fedray does with mode.rounds
     t_map = time.perf_counter()
     strategy = ScheduledFedAvg(schedule, map_nodes(grid, len(data["offsets"]) - 1))
     RESULT["node_map_s"] = time.perf_counter() - t_map

@@ -64,11 +64,15 @@ def load_data(path: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def fingerprint(data: dict[str, np.ndarray]) -> str:
-    """WORKLOAD.md's data fingerprint, recomputed from the exported corpus indices."""
+def fingerprint(data: dict[str, np.ndarray], rounds: int = 0) -> str:
+    """WORKLOAD.md's data fingerprint, recomputed from the exported corpus indices.
+
+    With `rounds` > 0, the schedule in the hash is cut to its first `rounds` rounds (as fedray's
+    fingerprint of a run with ``mode.rounds`` = `rounds`).
+    """
     off = data["offsets"]
     clients = [data["client_idx"][off[k] : off[k + 1]].tolist() for k in range(len(off) - 1)]
-    payload = [data["test_idx"].tolist(), clients, data["schedule"].tolist()]
+    payload = [data["test_idx"].tolist(), clients, data["schedule"][: rounds or None].tolist()]
     return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
