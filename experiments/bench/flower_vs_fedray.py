@@ -103,6 +103,8 @@ def main() -> None:
         accs = tuple(
             a for r, a in zip(w.eval_rounds, w.accuracies, strict=True) if r <= args.rounds
         )
+        if args.rounds not in w.eval_rounds:  # both evaluate the last round: Flower must match
+            accs += (round(runs["fedray"][0][0]["rounds"][-1]["eval_accuracy"], 4),)
         w = replace(w, fingerprint=runs["fedray"][0][0]["fingerprint"], accuracies=accs)
     problems = [p for label, rs in runs.items() for res, _, _ in rs for p in check(label, res, w)]
     for label in runs:
