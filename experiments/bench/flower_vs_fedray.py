@@ -97,8 +97,10 @@ def main() -> None:
         fedray_cmd.append(f"mode.rounds={args.rounds}")
     runs: dict[str, list[tuple[dict, float, float]]] = {"fedray": [], "flower": []}
     for _ in range(args.repeat):
-        runs["fedray"].append(measure(fedray_cmd))
-        runs["flower"].append(measure(flower_cmd))
+        for label, cmd in (("fedray", fedray_cmd), ("flower", flower_cmd)):
+            runs[label].append(measure(cmd))
+            res, wall, peak = runs[label][-1]  # printed at once: a later failure keeps it
+            print(json.dumps({label: res, "wall_s": wall, "peak_rss_tree_mb": peak}), flush=True)
     if args.rounds:  # the reference fingerprint hashes the whole schedule: compare the two
         accs = tuple(
             a for r, a in zip(w.eval_rounds, w.accuracies, strict=True) if r <= args.rounds
