@@ -345,6 +345,12 @@ def _mode_problem(cfg: DictConfig) -> str | None:
         return f"mode.max_concurrency={m.max_concurrency} must be >= 1"
     if m.max_staleness is not None and m.max_staleness < 0:
         return f"mode.max_staleness={m.max_staleness} must be >= 0 or null (no limit)"
+    d = cfg.selection.get("d")
+    if d is not None and d < m.clients_per_round:
+        return (
+            f"selection.d={d} is below mode.clients_per_round={m.clients_per_round}; "
+            "raise selection.d (candidates per round)"
+        )
     return None
 
 

@@ -84,6 +84,12 @@ def prepare(cfg: DictConfig):
             f"mode.clients_per_round={cfg.mode.clients_per_round} exceeds the "
             f"{data.num_clients()} clients the partition produced; lower it"
         )
+    d = cfg.selection.get("d")
+    if d is not None and d > data.num_clients():
+        raise DataError(
+            f"selection.d={d} exceeds the {data.num_clients()} clients the partition produced; "
+            "lower it"
+        )
     c = cfg.client
     if c.seed_scheme == "linear" and data.num_clients() > c.round_stride:
         raise DataError(

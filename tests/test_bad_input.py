@@ -25,6 +25,10 @@ CASES: dict[str, tuple[list[str], str]] = {
     "malformed run config YAML": (["resume", "{broken_run}"], "config.yaml"),
     "malformed data file": (["data=files", "data.path={bad_json}"], "bad.json"),
     "unknown key": (["mode.roundz=3"], "mode.roundz"),
+    "pow-d with fewer candidates than picks": (
+        ["selection=power_of_choice", "selection.d=2"],
+        "selection.d",
+    ),
     "unknown top-level key": (["+learning_rate=0.1"], "learning_rate"),
     "unknown attack option": (["attack.strength=3"], "attack.strength"),
     "unknown group option": (["partition=random"], "partition/random"),

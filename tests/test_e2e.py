@@ -84,9 +84,13 @@ def test_final_adapter_loads_with_peft(minilm_run, tmp_path: Path) -> None:
     from fedray.models import resolve_model_path
 
     result, tmp = minilm_run
-    mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+    # tracking_uri per call: mlflow.set_tracking_uri would also export MLFLOW_TRACKING_URI to
+    # every later test and subprocess of this session
     local = mlflow.artifacts.download_artifacts(
-        run_id=result.run_id, artifact_path="model", dst_path=str(tmp_path)
+        run_id=result.run_id,
+        artifact_path="model",
+        dst_path=str(tmp_path),
+        tracking_uri=f"sqlite:///{tmp}/mlflow.db",
     )
     base = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path("builtin:minilm"), num_labels=6

@@ -95,6 +95,8 @@ def main() -> None:
         action="store_true",
         help="only rebuild the table from the finished runs in the --out MLflow store",
     )
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
 
@@ -117,8 +119,9 @@ def main() -> None:
         return
     rows: list[Row] = []
     with ray_session(compose(common).cluster):
-        for part, part_overrides in PARTITIONS.items():
-            for algo in ALGORITHMS:
+        for part in args.partitions:
+            part_overrides = PARTITIONS[part]
+            for algo in args.algorithms:
                 cfg = compose([*common, *part_overrides, f"algorithm={algo}"])
                 name = f"{algo}-{part.split()[0]}"
                 print(f"== {name}", flush=True)

@@ -177,14 +177,42 @@ class ProximalRule:
         )
 
 
-def scaffold_control_update(
-    c_i: State, c: State, x: State, y: State, steps: int, lr: float
-) -> State:
-    """Option II of Karimireddy et al. (2020): ``c_i+ = c_i - c + (x - y) / (K * lr)``."""
+class GradientSum:
+    """Sums each parameter's gradient over the backward passes made while it is open.
+
+    A tensor hook on each (leaf) parameter sees the full gradient of one backward pass, before
+    the optimizer touches it; the sums stay on the parameters' device.
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter]) -> None:
+        self.sums = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in params.items()}
+        self._handles = [p.register_hook(self._adder(k)) for k, p in params.items()]
+
+    def _adder(self, key: str) -> Callable[[torch.Tensor], None]:
+        def add(grad: torch.Tensor) -> None:
+            self.sums[key] += grad.detach().float()
+
+        return add
+
+    def close(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+
+def scaffold_control_update(grad_sum: State, direction: State, steps: int) -> State:
+    """``c_i+ = grad_sum / K - (c - c_i)``: the mean uncorrected minibatch gradient.
+
+    `grad_sum` is the sum over the K local steps of the gradients the optimizer received,
+    each of which includes the correction ``direction = c - c_i``. Under SGD this equals option
+    II of Karimireddy et al. (2020), ``c_i - c + (x - y) / (K * lr)``; unlike option II it stays
+    a gradient under any local optimizer (AdamW's displacement is about lr per coordinate and
+    step whatever the gradient, so option II would give control variates of order 1).
+    """
     if steps <= 0:
         raise ValueError("scaffold: the client took no local step; c_i cannot be updated")
-    scale = np.float32(1.0 / (steps * lr))
-    return {k: (c_i[k] - c[k] + (x[k] - y[k]) * scale).astype(np.float32, copy=False) for k in x}
+    inv = np.float32(1.0 / steps)
+    return {k: (grad_sum[k] * inv - direction[k]).astype(np.float32, copy=False) for k in grad_sum}
 
 
 @dataclass
@@ -193,10 +221,10 @@ class ScaffoldRule:
 
     The correction ``c - c_i`` is added to each minibatch gradient *before* the optimizer step
     (as the gradient of ``<w, c - c_i>``), so with AdamW the corrected gradient goes through
-    Adam's moment estimates; the paper's analysis assumes plain SGD. ``c_i`` is then updated
-    with option II using ``K * lr`` (K: optimizer steps taken, lr: ``client.lr``), which
-    matches SGD's displacement; under Adam it is the same formula, not a derived one.
-    Control variates cover exactly the trainable state (LoRA adapters + modules_to_save).
+    Adam's moment estimates; the paper's analysis assumes plain SGD. ``c_i`` becomes the mean
+    uncorrected gradient of the local steps (:func:`scaffold_control_update`: option II under
+    SGD, still a gradient under AdamW). Control variates cover exactly the trainable state
+    (LoRA adapters + modules_to_save).
     """
 
     def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
@@ -205,12 +233,25 @@ class ScaffoldRule:
         c_i = job.client_state or {k: np.zeros_like(v, dtype=np.float32) for k, v in x.items()}
         trainer.set_state(x)
         params = trainable_parameters(trainer.model)
-        direction = as_tensors({k: c[k] - c_i[k] for k in x}, params)
-        metrics = trainer.fit(
-            job.batch, seed=job.seed, extra_loss=linear_loss(params, direction), **recipe.kwargs()
-        )
+        if trainer.uses_loss_scaling:
+            raise ValueError("scaffold: float16 loss scaling would scale the control variates")
+        diff = {k: np.subtract(c[k], c_i[k], dtype=np.float32) for k in x}
+        grads = GradientSum(params)
+        try:
+            metrics = trainer.fit(
+                job.batch,
+                seed=job.seed,
+                extra_loss=linear_loss(params, as_tensors(diff, params)),
+                **recipe.kwargs(),
+            )
+        finally:
+            grads.close()
         y = trainer.get_state()
-        c_new = scaffold_control_update(c_i, c, x, y, int(metrics["steps"]), recipe.lr)
+        grad_sum = {  # state entries without a parameter (buffers) get no gradient: zero
+            k: grads.sums[k].cpu().numpy() if k in grads.sums else np.zeros_like(v)
+            for k, v in x.items()
+        }
+        c_new = scaffold_control_update(grad_sum, diff, int(metrics["steps"]))
         delta_c = {k: np.subtract(c_new[k], c_i[k], dtype=np.float32) for k in x}
         return LocalResult(
             y, num_rows(job.batch), metrics, client_state=c_new, extra=tagged(delta_c, "c")

@@ -55,6 +55,11 @@ class Trainer:
         self._amp = _AMP.get(model_cfg.dtype) if cuda else None
         self._params = [p for p in self.model.parameters() if p.requires_grad]
 
+    @property
+    def uses_loss_scaling(self) -> bool:
+        """True when `fit` scales the loss (float16 autocast on CUDA): gradients are scaled."""
+        return self._amp is torch.float16
+
     def get_state(self) -> State:
         """The trainable state (float32 numpy copies)."""
         return get_trainable_state(self.model)

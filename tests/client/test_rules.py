@@ -45,14 +45,19 @@ def test_linear_loss_adds_the_direction_to_the_gradient() -> None:
     assert params["w"].grad.tolist() == [0.25, -2.0]
 
 
-def test_scaffold_option_two_update() -> None:
-    c_i, c = {"w": np.float32([1.0, 0.0])}, {"w": np.float32([0.5, 1.0])}
-    x, y = {"w": np.float32([2.0, 2.0])}, {"w": np.float32([1.5, 3.0])}
-    out = scaffold_control_update(c_i, c, x, y, steps=2, lr=0.25)
-    # c_i - c + (x - y) / (K * lr) = [1 - 0.5 + 0.5 / 0.5, 0 - 1 - 1 / 0.5]
-    np.testing.assert_allclose(out["w"], [1.5, -3.0])
+def test_scaffold_control_update_is_option_two_under_sgd() -> None:
+    c_i, c = np.float32([1.0, 0.0]), np.float32([0.5, 1.0])
+    d = c - c_i  # the correction each step's gradient carried
+    raw = [np.float32([0.2, -0.4]), np.float32([0.6, 0.0])]  # uncorrected minibatch gradients
+    grad_sum = sum(g + d for g in raw)
+    out = scaffold_control_update({"w": grad_sum}, {"w": d}, steps=2)
+    np.testing.assert_allclose(out["w"], [0.4, -0.2], rtol=1e-6)  # mean of `raw`
+    lr, x = 0.25, np.float32([2.0, 2.0])  # SGD: y = x - lr * sum(g + d)
+    y = x - lr * grad_sum
+    option_two = c_i - c + (x - y) / (2 * lr)
+    np.testing.assert_allclose(out["w"], option_two, rtol=1e-6)
     with pytest.raises(ValueError, match="no local step"):
-        scaffold_control_update(c_i, c, x, y, steps=0, lr=0.25)
+        scaffold_control_update({"w": grad_sum}, {"w": d}, steps=0)
 
 
 @pytest.fixture()
@@ -94,12 +99,36 @@ def test_scaffold_rule_with_zero_variates_is_local_and_returns_delta_c(
     local = LocalRule().run(trainer, job, RECIPE)
     out = ScaffoldRule().run(trainer, job, RECIPE)
     assert _same(out.trained, local.trained)
-    steps = int(out.metrics["steps"])
-    assert steps == 3
-    for k in g:  # c_i+ = 0 - 0 + (x - y) / (K lr); delta c = c_i+ - 0
-        expected = (g[k] - out.trained[k]) / np.float32(steps * RECIPE.lr)
-        np.testing.assert_allclose(out.client_state[k], expected, rtol=1e-5, atol=1e-7)
+    assert int(out.metrics["steps"]) == 3
+    for k in g:  # delta c = c_i+ - 0
         np.testing.assert_array_equal(out.extra[f"c/{k}"], out.client_state[k])
+
+
+def test_scaffold_control_variate_is_the_gradient_not_the_displacement(
+    trainer: Trainer, cls_data
+) -> None:
+    """One step: c_i+ is the minibatch gradient at x, whatever the learning rate."""
+    g = trainer.get_state()
+    zeros = {k: np.zeros_like(v) for k, v in g.items()}
+    job = LocalJob(0, 1, cls_data, g, client_state=None, server_extra=tagged(zeros, "c"))
+    one_step = [Recipe(1, 8, lr, 0.0, max_steps=1) for lr in (1e-3, 1e-1)]
+    small, large = (ScaffoldRule().run(trainer, job, r).client_state for r in one_step)
+    assert _same(small, large)
+    trainer.set_state(g)  # the same first minibatch by hand: seed, randperm, forward, backward
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    torch.manual_seed(1)
+    idx = torch.randperm(48)[:8]
+    ids, mask, labels = (
+        torch.as_tensor(cls_data[k])[idx] for k in ("input_ids", "attention_mask", "labels")
+    )
+    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    params = dict(model.named_parameters())
+    grads = {n: p.grad for n, p in params.items() if p.requires_grad}
+    flat_small = np.sort(np.concatenate([v.ravel() for v in small.values()]))
+    flat_hand = np.sort(np.concatenate([t.numpy().ravel() for t in grads.values()]))
+    np.testing.assert_allclose(flat_small, flat_hand, rtol=1e-5, atol=1e-7)
 
 
 def test_scaffold_correction_changes_training(trainer: Trainer, cls_data) -> None:
