@@ -28,6 +28,7 @@ def ray_cluster():
         namespace="fedray-tests",
         logging_level=logging.WARNING,
         runtime_env={"env_vars": dict(WORKER_ENV)},
+        _system_config={"worker_niceness": 0},  # Ray's 15 lets any other load starve the tests
     )
     try:
         yield ray
