@@ -13,7 +13,7 @@ from fedray.server.async_driver import PoolExecutor
 from fedray.server.pool import ActorPool
 from fedray.types import ClientUpdate, State
 
-SCALE = 1.5  # seconds per unit of the simulated schedule; events are >= 0.6 s apart
+SCALE = 2.5  # seconds per unit of the simulated schedule; events are >= 1.0 s apart
 
 
 def _sleepy_worker() -> type:
