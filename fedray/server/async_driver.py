@@ -17,7 +17,6 @@ from typing import Any
 import ray
 from omegaconf import DictConfig
 
-from fedray.checkpoint import DriverState
 from fedray.errors import QuorumError
 from fedray.seeding import client_seed
 from fedray.server.async_core import AsyncLoop, Job, Period
@@ -56,12 +55,8 @@ class AsyncDriver(Driver):
 
     def run(self, resume: bool = False) -> Iterator[dict[str, Any]]:
         """The async loop; yields `ready`, a `round` event per period, then `done`."""
-        t0 = time.perf_counter()
-        actors = self._start_pool()
+        state, ready = self._start(resume)
         assert self.pool is not None
-        state = self._resume_state() if resume else None
-        if state is None:
-            state = DriverState(round=0, global_state=self.pool.call("initial_state"))
         m = self.cfg.mode
         loop = AsyncLoop(
             self.strategy,
@@ -75,16 +70,10 @@ class AsyncDriver(Driver):
         )
         if state.loop:
             loop.load_state_dict(state.loop)
-        yield {
-            "event": "ready",
-            "actors": actors,
-            "startup_s": time.perf_counter() - t0,
-            "start_round": state.round + 1,
-        }
+        yield ready
         try:
-            if m.eval_initial and state.round == 0:
-                ev = self.pool.call("evaluate", state.global_state)
-                yield {"event": "initial", "round": 0, **{f"eval_{k}": v for k, v in ev.items()}}
+            if (initial := self._initial_event(state)) is not None:
+                yield initial
             start = last = time.perf_counter()
             for period in loop.run(PoolExecutor(self.pool, self.cfg)):
                 metrics = self._period_metrics(period, loop)

@@ -86,25 +86,38 @@ class Driver:
         self.pool = ActorPool(make, actor_count(self.cfg))
         return self.pool.wait_ready()
 
-    def run(self, resume: bool = False) -> Iterator[dict[str, Any]]:
-        """The sync loop; yields a `ready` event, one `round` event per round, then `done`."""
+    def _start(self, resume: bool) -> tuple[DriverState, dict[str, Any]]:
+        """Start the actors, then resume or create the state: (state, the `ready` event)."""
         t0 = time.perf_counter()
         actors = self._start_pool()
         assert self.pool is not None
         state = self._resume_state() if resume else None
         if state is None:
             state = DriverState(round=0, global_state=self.pool.call("initial_state"))
-        yield {
+        return state, {
             "event": "ready",
             "actors": actors,
             "startup_s": time.perf_counter() - t0,
             "start_round": state.round + 1,
             "num_clients": self.num_clients,
         }
+
+    def _initial_event(self, state: DriverState) -> dict[str, Any] | None:
+        """The round-0 evaluation (`mode.eval_initial`) of a run that has not started yet."""
+        if not (self.cfg.mode.eval_initial and state.round == 0):
+            return None
+        assert self.pool is not None
+        ev = self.pool.call("evaluate", state.global_state)
+        return {"event": "initial", "round": 0, **{f"eval_{k}": v for k, v in ev.items()}}
+
+    def run(self, resume: bool = False) -> Iterator[dict[str, Any]]:
+        """The sync loop; yields a `ready` event, one `round` event per round, then `done`."""
+        state, ready = self._start(resume)
+        assert self.pool is not None
+        yield ready
         try:
-            if self.cfg.mode.eval_initial and state.round == 0:
-                ev = self.pool.call("evaluate", state.global_state)
-                yield {"event": "initial", "round": 0, **{f"eval_{k}": v for k, v in ev.items()}}
+            if (initial := self._initial_event(state)) is not None:
+                yield initial
             for rnd in range(state.round + 1, self.cfg.mode.rounds + 1):
                 metrics = self._round(rnd, state)
                 state.round = rnd
