@@ -19,20 +19,33 @@ WORKER_ENV = {
 
 @contextmanager
 def lean_local_head() -> Iterator[None]:
-    """While in effect, a local Ray head starts without its autoscaler monitor and log monitor.
+    """While in effect, a local Ray head starts without its autoscaler monitor, its log monitor,
+    and (unless the dashboard is asked for) its API server.
 
     A fixed-size local cluster never autoscales, and fedray reports client errors through the
-    driver, not through worker output streamed to the console; together the two processes hold
-    about 160 MB. `ray.init` exposes neither switch, so the head's parameters are adjusted where
-    `ray.init` builds them.
+    driver, not through worker output streamed to the console. With `include_dashboard=False`,
+    Ray still starts `dashboard.py --minimal` only to send usage statistics; fedray uses none of
+    its HTTP APIs (job submission, `ray.util.state`). The three processes hold about 230 MB RSS
+    and take about a second of CPU to start. `ray.init` exposes none of these switches, so the
+    head's parameters are adjusted where `ray.init` builds them, and the API server is skipped
+    the way Ray itself carries on when that optional server fails to start (no dashboard URL).
     """
-    from ray._private import parameter
+    from ray._private import node, parameter
 
     original = parameter.RayParams
-    if not {"no_monitor", "include_log_monitor"} <= set(vars(original(num_cpus=1))):
+    start_api_server = getattr(node.Node, "start_api_server", None)
+    if start_api_server is None or not {"no_monitor", "include_log_monitor"} <= set(
+        vars(original(num_cpus=1))
+    ):
         raise ConfigError(
             "cluster.lean=true is not supported by this Ray version; set cluster.lean=false"
         )
+
+    def lean_api_server(self, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+        if include_dashboard:
+            start_api_server(self, include_dashboard=True, raise_on_failure=raise_on_failure)
+        else:
+            self._webui_url = None
 
     class LeanRayParams(original):  # type: ignore[misc, valid-type]
         def __init__(self, *args, **kwargs) -> None:
@@ -41,10 +54,12 @@ def lean_local_head() -> Iterator[None]:
             self.include_log_monitor = False
 
     parameter.RayParams = LeanRayParams
+    node.Node.start_api_server = lean_api_server
     try:
         yield
     finally:
         parameter.RayParams = original
+        node.Node.start_api_server = start_api_server
 
 
 @contextmanager

@@ -35,9 +35,14 @@ def _helper_processes(lean: bool) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("lean", [True, False])
-def test_lean_local_head_skips_the_monitors(lean: bool) -> None:
+def test_lean_local_head_skips_the_monitors_and_api_server(lean: bool) -> None:
     nice, procs = _helper_processes(lean)
     assert nice == 0  # cluster.worker_niceness, not Ray's 15
     assert any("gcs_server" in p for p in procs) and any("raylet" in p for p in procs)
-    monitors = [p for p in procs if "log_monitor.py" in p or "autoscaler/_private/monitor" in p]
-    assert (monitors == []) == lean, monitors
+    skipped = [
+        p
+        for p in procs
+        if any(s in p for s in ("log_monitor.py", "autoscaler/_private/monitor", "dashboard.py"))
+    ]
+    assert (skipped == []) == lean, skipped
+    assert (len(skipped) == 3) != lean, skipped
