@@ -208,8 +208,9 @@ class ClusterConfig:
     lean: bool = field(
         default=True,
         metadata={
-            "help": "Local Ray only: skip the autoscaler monitor and the log monitor (about "
-            "160 MB); worker output stays in Ray's session log files."
+            "help": "Local Ray only: skip the autoscaler monitor, the log monitor and the "
+            "dashboard-less API server (about 230 MB); worker output stays in Ray's session "
+            "log files."
         },
     )
 
