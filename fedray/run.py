@@ -134,7 +134,7 @@ def run_experiment(
         _write_run_info(run_dir, result.run_id, tracker.uri)
         if resume_run_id is None:
             tracker.log_config(cfg)
-            if task == "classification":
+            if task == "classification" and tracker.enabled:  # matplotlib only when logged
                 tracker.log_figure(
                     label_histogram_figure(data.label_histogram(), labels), "label_histogram.png"
                 )
@@ -179,7 +179,7 @@ def run_experiment(
                     record_failures(tracker, event, progress)
                 elif event["event"] == "done" and event["model_files"]:
                     tracker.log_files(event["model_files"], "model")
-        if result.history:
+        if result.history and tracker.enabled:
             keys = [k for k in ("eval_accuracy", "train_loss") if k in result.history[-1]]
             tracker.log_figure(curve_figure(result.history, keys, cfg.name), "curves.png")
         result.fingerprint = data.fingerprint(schedule)
