@@ -3,7 +3,7 @@
 One invocation runs both, one after the other: fedray_runner.py in this (fedray's) environment
 and flower/run_flower.py in the Flower environment made by flower/setup.sh. The workload's data
 is exported once from fedray.data (flower/export_data.py) for the Flower app, which never imports
-fedray. bench.py's `measure` samples each process tree's summed RSS and PSS every 0.25 s and
+fedray. bench.py's `measure` samples each process tree's summed RSS (every 0.25 s) and PSS, and
 its `check` verifies both reproduced the workload (fingerprint and per-round accuracies).
 Prints median round, total wall, peak memory and final accuracy, with fedray / Flower ratios.
 Exit status 1 if either run did not reproduce the workload.
