@@ -72,12 +72,13 @@ class Progress:
         self.line("".join(fmt(v) for v in vals))
 
 
-def prepare(cfg: DictConfig):
-    """Validate, build the federated data and tokenize it: everything that can fail early."""
-    from fedray.client.dataset import tokenize_isolated
+def prepare_data(cfg: DictConfig):
+    """Validate and build the federated data: everything that can fail before anything starts."""
     from fedray.data import build_federated_data
+    from fedray.model_paths import resolve_model_path
 
     validate(cfg)
+    resolve_model_path(cfg.model.name_or_path)  # a bad local path: one line, nothing started
     data = build_federated_data(cfg.data, cfg.partition, cfg.seed)
     if cfg.mode.clients_per_round > data.num_clients():
         raise DataError(
@@ -96,8 +97,15 @@ def prepare(cfg: DictConfig):
             f"client.seed_scheme=linear needs client.round_stride >= {data.num_clients()} (the "
             f"number of clients) so seeds do not collide; raise it or set client.seed_scheme=hash"
         )
-    encoded = tokenize_isolated(cfg.model, data, cfg.data.max_length)
-    return data, encoded
+    return data
+
+
+def prepare(cfg: DictConfig):
+    """:func:`prepare_data`, then tokenize it (in a child process): (data, encoded)."""
+    from fedray.client.dataset import tokenize_isolated
+
+    data = prepare_data(cfg)
+    return data, tokenize_isolated(cfg.model, data, cfg.data.max_length)
 
 
 def run_experiment(
@@ -113,6 +121,7 @@ def run_experiment(
     """Run one experiment; always ends the MLflow run and shuts down the Ray it started."""
     import ray
 
+    from fedray.client.dataset import TokenizeJob
     from fedray.cluster import ray_session
     from fedray.plots import curve_figure, label_histogram_figure
     from fedray.server.driver import start
@@ -123,23 +132,34 @@ def run_experiment(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = Path(run_dir)
     progress = Progress(out)
-    data, encoded = prepare(cfg)
+    data = prepare_data(cfg)
     task, labels = data.corpus.task, data.corpus.label_names
     num_labels = len(labels) if labels else None
     result = RunResult(run_id=None)
-    with Tracker(cfg.tracking, cwd) as tracker:
-        result.run_id = tracker.start(
-            run_name=run_name or cfg.tracking.run_name or cfg.name, tags=tags, run_id=resume_run_id
-        )
-        _write_run_info(run_dir, result.run_id, tracker.uri)
-        if resume_run_id is None:
-            tracker.log_config(cfg)
-            if task == "classification" and tracker.enabled:  # matplotlib only when logged
-                tracker.log_figure(
-                    label_histogram_figure(data.label_histogram(), labels), "label_histogram.png"
-                )
-        with ray_session(cfg.cluster):
+    # The tokenizer child runs while Ray starts (about 3 s on a 2-core machine). Its errors (a
+    # bad model path) surface at `result()`, before any MLflow run is opened; leaving the block
+    # stops the child whatever happened.
+    with (
+        TokenizeJob(cfg.model, data, cfg.data.max_length) as tokenized,
+        ray_session(cfg.cluster),
+    ):
+        encoded = tokenized.result()
+        with Tracker(cfg.tracking, cwd) as tracker:
+            result.run_id = tracker.start(
+                run_name=run_name or cfg.tracking.run_name or cfg.name,
+                tags=tags,
+                run_id=resume_run_id,
+            )
+            _write_run_info(run_dir, result.run_id, tracker.uri)
+            if resume_run_id is None:
+                tracker.log_config(cfg)
+                if task == "classification" and tracker.enabled:  # matplotlib only when logged
+                    tracker.log_figure(
+                        label_histogram_figure(data.label_histogram(), labels),
+                        "label_histogram.png",
+                    )
             data_ref = ray.put(encoded)
+            del encoded  # the object store holds the one copy the actors read
             driver = start(
                 cfg,
                 data_ref,
@@ -179,12 +199,12 @@ def run_experiment(
                     record_failures(tracker, event, progress)
                 elif event["event"] == "done" and event["model_files"]:
                     tracker.log_files(event["model_files"], "model")
-        if result.history and tracker.enabled:
-            keys = [k for k in ("eval_accuracy", "train_loss") if k in result.history[-1]]
-            tracker.log_figure(curve_figure(result.history, keys, cfg.name), "curves.png")
-        result.fingerprint = data.fingerprint(schedule)
-        tracker.log_text(json.dumps({"data_fingerprint": result.fingerprint}), "data.json")
-        result.ui_command = tracker.ui_command()
+            if result.history and tracker.enabled:
+                keys = [k for k in ("eval_accuracy", "train_loss") if k in result.history[-1]]
+                tracker.log_figure(curve_figure(result.history, keys, cfg.name), "curves.png")
+            result.fingerprint = data.fingerprint(schedule)
+            tracker.log_text(json.dumps({"data_fingerprint": result.fingerprint}), "data.json")
+            result.ui_command = tracker.ui_command()
     result.wall_s = time.perf_counter() - t0
     if result.run_id:
         progress.line(f"MLflow run {result.run_id}; open the UI with: {result.ui_command}")

@@ -60,41 +60,87 @@ def tokenize(model_cfg: Any, data: FederatedData, max_length: int) -> EncodedDat
     return encode_federated(data, load_tokenizer(model_cfg), max_length)
 
 
-def tokenize_isolated(model_cfg: Any, data: FederatedData, max_length: int) -> EncodedData:
-    """:func:`tokenize`, in a short-lived child process unless torch is already loaded here.
+class TokenizeJob:
+    """:func:`tokenize` started now, its arrays collected with :meth:`result`.
 
     Loading a Hugging Face tokenizer imports transformers and torch (about 300 MB of resident
     memory that stays for the life of the process). The process that runs an experiment only
     coordinates, so a child (`python -m fedray.client.dataset`, which never re-imports the
-    caller's script) pays for that and hands the arrays back. Errors raised there (a bad model
-    path, a tokenizer that cannot load) are raised here as the same exceptions.
+    caller's script) pays for that and hands the arrays back, while the caller goes on (starting
+    Ray, say). Errors raised there (a bad model path, a tokenizer that cannot load) are raised by
+    :meth:`result` as the same exceptions. `child=None` uses a child unless torch is already
+    loaded here (a child would only add start-up time); then the work is done at once, in this
+    process. Use as a context manager: leaving it stops a child that is still running and
+    removes its files.
     """
-    if "torch" in sys.modules:  # already paid for: a child would only add start-up time
-        return tokenize(model_cfg, data, max_length)
-    return tokenize_in_child(model_cfg, data, max_length)
+
+    def __init__(
+        self, model_cfg: Any, data: FederatedData, max_length: int, child: bool | None = None
+    ) -> None:
+        self._value: EncodedData | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if not (child if child is not None else "torch" not in sys.modules):
+            self._value = tokenize(model_cfg, data, max_length)
+            return
+        self._tmp = tempfile.TemporaryDirectory(prefix="fedray-tokenize-")
+        job = Path(self._tmp.name) / "job.pkl"
+        job.write_bytes(pickle.dumps((model_cfg, data, max_length)))
+        self._result = Path(self._tmp.name) / "result.pkl"
+        self._stderr = Path(self._tmp.name) / "stderr.txt"
+        with self._stderr.open("w") as err:  # a file: a full pipe would stall the child
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "fedray.client.dataset", str(job), str(self._result)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+
+    def result(self) -> EncodedData:
+        """Wait for the arrays and hand them over (once: the job keeps no reference to them);
+        raise what the tokenizer raised."""
+        if self._value is None:
+            assert self._proc is not None
+            self._proc.wait()
+            if not self._result.is_file():
+                lines = self._stderr.read_text(errors="replace").strip().splitlines()
+                raise FedrayError(
+                    f"tokenizer process exited with code {self._proc.returncode}: "
+                    f"{lines[-1] if lines else 'no output'}"
+                )
+            ok, value = pickle.loads(self._result.read_bytes())
+            self.close()
+            if not ok:
+                raise value
+            self._value = value
+        value, self._value = self._value, None
+        return value
+
+    def close(self) -> None:
+        """Stop the child if it still runs and remove its files."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> TokenizeJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tokenize_isolated(model_cfg: Any, data: FederatedData, max_length: int) -> EncodedData:
+    """:func:`tokenize`, in a short-lived child process unless torch is already loaded here."""
+    with TokenizeJob(model_cfg, data, max_length) as job:
+        return job.result()
 
 
 def tokenize_in_child(model_cfg: Any, data: FederatedData, max_length: int) -> EncodedData:
     """:func:`tokenize` in a child Python process; its exceptions are re-raised here."""
-    with tempfile.TemporaryDirectory(prefix="fedray-tokenize-") as tmp:
-        job, result = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
-        job.write_bytes(pickle.dumps((model_cfg, data, max_length)))
-        proc = subprocess.run(
-            [sys.executable, "-m", "fedray.client.dataset", str(job), str(result)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        if not result.is_file():
-            lines = proc.stderr.strip().splitlines()
-            raise FedrayError(
-                f"tokenizer process exited with code {proc.returncode}: "
-                f"{lines[-1] if lines else 'no output'}"
-            )
-        ok, value = pickle.loads(result.read_bytes())
-    if not ok:
-        raise value
-    return value
+    with TokenizeJob(model_cfg, data, max_length, child=True) as job:
+        return job.result()
 
 
 def _child(job: str, result: str) -> None:

