@@ -9,7 +9,7 @@ Prints median round, total wall, peak memory and final accuracy, with fedray / F
 Exit status 1 if either run did not reproduce the workload.
 
 Usage: python experiments/bench/flower_vs_fedray.py w1 [--repeat N] [--flower-python PATH]
-           [--num-cpus 2] [--threads 2]
+           [--num-cpus 2] [--threads 2] [--rounds N] [--fedray OVERRIDE ...]
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ def main() -> None:
         help="only the first N rounds (0: all); checks the reference accuracies of those rounds "
         "and that fedray and Flower agree on the data fingerprint of the cut schedule",
     )
+    ap.add_argument(
+        "--fedray",
+        nargs="*",
+        default=[],
+        metavar="OVERRIDE",
+        help="extra fedray overrides, e.g. client.num_cpus=1 (two 1-CPU actors on 2 cores)",
+    )
     args = ap.parse_args()
     w = WORKLOADS[args.workload]
     data, export_s = export(w.name, args.data_dir)
@@ -92,7 +99,7 @@ def main() -> None:
         "--rounds",
         str(args.rounds),
     ]
-    fedray_cmd = [sys.executable, str(HERE / "fedray_runner.py"), w.name]
+    fedray_cmd = [sys.executable, str(HERE / "fedray_runner.py"), w.name, *args.fedray]
     if args.rounds:
         fedray_cmd.append(f"mode.rounds={args.rounds}")
     runs: dict[str, list[tuple[dict, float, float]]] = {"fedray": [], "flower": []}
