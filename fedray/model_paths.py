@@ -19,10 +19,12 @@ _HOW = "give a local directory with config.json, a hub name such as 'gpt2', or b
 
 
 def model_key(name_or_path: str) -> str:
+    """The config key and value that error messages about the model name."""
     return f"model.name_or_path={name_or_path!r}"
 
 
 def first_line(exc: BaseException) -> str:
+    """An exception's first line of text (its type name if it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

@@ -99,7 +99,8 @@ class TokenizeJob:
         """Wait for the arrays and hand them over (once: the job keeps no reference to them);
         raise what the tokenizer raised."""
         if self._value is None:
-            assert self._proc is not None
+            if self._proc is None or self._tmp is None:
+                raise RuntimeError("TokenizeJob.result() hands the arrays over once")
             self._proc.wait()
             if not self._result.is_file():
                 lines = self._stderr.read_text(errors="replace").strip().splitlines()

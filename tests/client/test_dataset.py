@@ -46,4 +46,6 @@ def test_job_left_early_stops_its_child_and_removes_its_files(cls_cfg: ModelConf
 def test_job_hands_its_arrays_over_once(cls_cfg: ModelConfig, small) -> None:
     with TokenizeJob(cls_cfg, small, 12, child=False) as job:
         encoded = job.result()
+        with pytest.raises(RuntimeError, match="once"):
+            job.result()
     assert encoded.num_samples(1) == 3 and job._value is None
