@@ -80,11 +80,11 @@ def _tree_rss_mb(procs: list[psutil.Process]) -> float:
     return total / 1024
 
 
-def _tree_memory(proc: psutil.Process) -> tuple[float, float, dict[str, float]]:
-    """(summed RSS MB, summed PSS MB, PSS MB by process label) of `proc` and its descendants."""
+def _tree_memory(procs: list[psutil.Process]) -> tuple[float, float, dict[str, float]]:
+    """(summed RSS MB, summed PSS MB, PSS MB by process label) of `procs` (see `_tree`)."""
     rss = pss = 0
     by_name: dict[str, float] = {}
-    for p in _tree(proc):
+    for p in procs:
         with suppress(psutil.Error, OSError):
             r, s = _rss_pss_kb(p.pid)
             rss += r
@@ -119,7 +119,8 @@ def measure(cmd: list[str]) -> tuple[dict, float, float]:
                 rss = _tree_rss_mb(procs)
                 peak = max(peak, rss)
                 if rss >= PSS_NEAR * peak and now - last_pss >= PSS_EVERY_S:
-                    _, pss, by_name = _tree_memory(ps)
+                    procs, listed = _tree(ps), now  # a fresh list for the full read
+                    _, pss, by_name = _tree_memory(procs)
                     last_pss, pss_reads = time.monotonic(), pss_reads + 1
                     if pss > peak_pss:
                         peak_pss, breakdown = pss, by_name

@@ -90,12 +90,17 @@ def test_fedprox_with_mu_zero_is_local_and_mu_pulls_toward_global(
     assert dist(prox) < dist(local)
 
 
+def _zero_c_job(trainer: Trainer, cls_data) -> tuple[dict[str, np.ndarray], LocalJob]:
+    """The trainer's state and a SCAFFOLD job for client 0 whose server control variate is 0."""
+    g = trainer.get_state()
+    zeros = {k: np.zeros_like(v) for k, v in g.items()}
+    return g, LocalJob(0, 1, cls_data, g, client_state=None, server_extra=tagged(zeros, "c"))
+
+
 def test_scaffold_rule_with_zero_variates_is_local_and_returns_delta_c(
     trainer: Trainer, cls_data
 ) -> None:
-    g = trainer.get_state()
-    zeros = {k: np.zeros_like(v) for k, v in g.items()}
-    job = LocalJob(0, 1, cls_data, g, client_state=None, server_extra=tagged(zeros, "c"))
+    g, job = _zero_c_job(trainer, cls_data)
     local = LocalRule().run(trainer, job, RECIPE)
     out = ScaffoldRule().run(trainer, job, RECIPE)
     assert _same(out.trained, local.trained)
@@ -108,9 +113,7 @@ def test_scaffold_control_variate_is_the_gradient_not_the_displacement(
     trainer: Trainer, cls_data
 ) -> None:
     """One step: c_i+ is the minibatch gradient at x, whatever the learning rate."""
-    g = trainer.get_state()
-    zeros = {k: np.zeros_like(v) for k, v in g.items()}
-    job = LocalJob(0, 1, cls_data, g, client_state=None, server_extra=tagged(zeros, "c"))
+    g, job = _zero_c_job(trainer, cls_data)
     one_step = [Recipe(1, 8, lr, 0.0, max_steps=1) for lr in (1e-3, 1e-1)]
     small, large = (ScaffoldRule().run(trainer, job, r).client_state for r in one_step)
     assert _same(small, large)
