@@ -83,3 +83,16 @@ def test_experiment_presets_set_workloads() -> None:
         10_000,
     )
     assert Path(CONF_DIR / "experiment" / "w1.yaml").read_text().startswith("# @package _global_")
+
+
+def test_more_torch_threads_than_reserved_cpus_is_warned(caplog) -> None:
+    from fedray.config import oversubscription
+
+    assert oversubscription(compose(["client.num_cpus=1", "client.torch_threads=1"])) is None
+    assert oversubscription(compose(["client.num_cpus=1.5", "client.torch_threads=2"])) is None
+    assert oversubscription(compose(["client.num_cpus=1"])) is None  # null: matched to the slot
+    gpu = compose(["client.num_cpus=1", "client.torch_threads=4", "client.num_gpus=1"])
+    assert oversubscription(gpu) is None
+    with caplog.at_level("WARNING", logger="fedray.config"):
+        validate(compose(["client.num_cpus=1", "client.torch_threads=2"]))
+    assert "client.torch_threads=2 exceeds client.num_cpus=1" in caplog.text

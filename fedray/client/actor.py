@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedray.client.dataset import EncodedData
 from fedray.client.speed import SpeedConfig, delay_s, speed_factors
+from fedray.evaluation import EvalSums, shard_rows
 from fedray.server.hooks import extra_nbytes
 from fedray.types import ClientUpdate, State
 
@@ -125,6 +126,16 @@ class ClientWorker:
         """Metrics of the global state on the held-out test set."""
         self.trainer.set_state(global_state)
         return self.trainer.evaluate(self.data.test, batch_size=self.cfg.client.eval_batch_size)
+
+    def evaluate_shard(self, global_state: State, shard: int, shards: int) -> EvalSums:
+        """Sums of the global state over shard `shard` of `shards` of the test set."""
+        size = self.cfg.client.eval_batch_size
+        n = len(next(iter(self.data.test.values())))
+        start, stop = shard_rows(n, size, shard, shards)
+        if start == stop:  # more actors than test batches
+            return {"loss_sums": [], "correct": 0, "count": 0}
+        self.trainer.set_state(global_state)
+        return self.trainer.eval_sums(self.data.test, size, start, stop)
 
     def export(self, global_state: State) -> dict[str, bytes]:
         """The global model as files (peft adapter or full HF model), to ship to the driver."""

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 import warnings
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fedray.config import ModelConfig
+from fedray.evaluation import EvalSums, combine
 from fedray.models import get_trainable_state, load_model, set_trainable_state
 from fedray.types import State
 
@@ -134,12 +134,28 @@ class Trainer:
             "compute_s": time.perf_counter() - start,
         }
 
-    @torch.inference_mode()
     def evaluate(self, data: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, float]:
         """Classification: accuracy and mean CE; causal LM: token CE, perplexity, accuracy."""
-        ids, mask, labels = self._inputs(data)
+        return combine([self.eval_sums(data, batch_size)], self.task)
+
+    @torch.inference_mode()
+    def eval_sums(
+        self,
+        data: dict[str, np.ndarray],
+        batch_size: int = 64,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> EvalSums:
+        """Summed loss per batch, correct predictions and scored targets over rows [start, stop).
+
+        Batches start at `start`; :func:`fedray.evaluation.shard_rows` gives batch-aligned
+        ranges, so that sharded and whole passes score the same batches.
+        """
+        rows = slice(start, stop)
+        ids, mask, labels = self._inputs({k: v[rows] for k, v in data.items()})
         self.model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
+        loss_sums: list[float] = []
+        correct, count = 0, 0
         for i in range(0, ids.shape[0], batch_size):
             batch = slice(i, i + batch_size)
             b_ids, b_mask, b_labels = ids[batch], mask[batch], labels[batch]
@@ -149,14 +165,10 @@ class Trainer:
                 logits, b_labels = logits[:, :-1].flatten(0, 1), b_labels[:, 1:].flatten()
                 keep = b_labels != -100
                 logits, b_labels = logits[keep], b_labels[keep]
-            loss_sum += F.cross_entropy(logits, b_labels, reduction="sum").item()
+            loss_sums.append(F.cross_entropy(logits, b_labels, reduction="sum").item())
             correct += int((logits.argmax(-1) == b_labels).sum())
             count += b_labels.numel()
-        loss = loss_sum / max(count, 1)
-        metrics = {"loss": loss, "accuracy": correct / max(count, 1)}
-        if self.task == "causal_lm":
-            metrics["perplexity"] = math.exp(min(loss, 700.0))
-        return metrics
+        return {"loss_sums": loss_sums, "correct": correct, "count": count}
 
     def export_adapter(self, state: State) -> dict[str, bytes]:
         """`state` in peft format (lora) or HF format (full) as {relative file name: bytes}."""

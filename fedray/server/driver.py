@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedray import registry
 from fedray.checkpoint import DriverState, load_checkpoint, save_checkpoint
 from fedray.errors import QuorumError
+from fedray.evaluation import combine
 from fedray.pipeline import Pipeline
 from fedray.seeding import client_seed
 from fedray.server import hooks
@@ -102,12 +103,22 @@ class Driver:
             "num_clients": self.num_clients,
         }
 
+    def evaluate(self, global_state: State) -> dict[str, float]:
+        """Test metrics of `global_state`, the test set sharded over every client actor.
+
+        The state is put in the object store once; the metrics do not depend on the number
+        of actors (see :mod:`fedray.evaluation`).
+        """
+        assert self.pool is not None
+        ref = ray.put(global_state)
+        return combine(self.pool.call_each("evaluate_shard", ref), self.task)
+
     def _initial_event(self, state: DriverState) -> dict[str, Any] | None:
         """The round-0 evaluation (`mode.eval_initial`) of a run that has not started yet."""
         if not (self.cfg.mode.eval_initial and state.round == 0):
             return None
         assert self.pool is not None
-        ev = self.pool.call("evaluate", state.global_state)
+        ev = self.evaluate(state.global_state)
         return {"event": "initial", "round": 0, **{f"eval_{k}": v for k, v in ev.items()}}
 
     def run(self, resume: bool = False) -> Iterator[dict[str, Any]]:
@@ -204,7 +215,7 @@ class Driver:
             clients_late=sum(o.late for o in outcomes),  # past mode.round_deadline_s
         )
         if rnd % m.eval_every == 0 or rnd == m.rounds:
-            ev = self.pool.call("evaluate", state.global_state)
+            ev = self.evaluate(state.global_state)
             metrics.update({f"eval_{k}": v for k, v in ev.items()})
         metrics["round_s"] = time.perf_counter() - start
         metrics["driver_rss_mb"] = psutil.Process().memory_info().rss / 2**20

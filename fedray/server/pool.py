@@ -227,6 +227,23 @@ class ActorPool:
             self._replace(0)
             return ray.get(getattr(self.actors[0], method).remote(*args), timeout=timeout_s)
 
+    def call_each(self, method: str, *args: Any) -> list[Any]:
+        """Call `method(*args, i, n)` on each of the n actors at once (i: the actor's index).
+
+        Used for sharded evaluation. Large arguments should be object refs (put once). An actor
+        that dies, or whose call is lost, is replaced and its share called again, once.
+        """
+        n = len(self.actors)
+        refs = [getattr(a, method).remote(*args, i, n) for i, a in enumerate(self.actors)]
+        results = []
+        for i, ref in enumerate(refs):
+            try:
+                results.append(ray.get(ref))
+            except RayActorError:
+                self._replace(i)
+                results.append(ray.get(getattr(self.actors[i], method).remote(*args, i, n)))
+        return results
+
     def shutdown(self) -> None:
         """Kill every actor."""
         for actor in self.actors:

@@ -146,3 +146,17 @@ def test_threads_are_set(cls_cfg: ModelConfig) -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("kind", ["cls", "lm"])
+def test_sharded_evaluation_is_bit_identical(kind: str, request) -> None:
+    from fedray.evaluation import combine, shard_rows
+
+    cfg, data = request.getfixturevalue(f"{kind}_cfg"), request.getfixturevalue(f"{kind}_data")
+    task = "classification" if kind == "cls" else "causal_lm"
+    trainer = Trainer(cfg, task, 2 if kind == "cls" else None, seed=0)
+    whole = trainer.evaluate(data, batch_size=5)
+    n = len(data["input_ids"])
+    for shards in (2, 3, n):
+        parts = [trainer.eval_sums(data, 5, *shard_rows(n, 5, i, shards)) for i in range(shards)]
+        assert combine(parts, task) == whole
