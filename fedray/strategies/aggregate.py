@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,35 +24,68 @@ def check_same_keys(states: Sequence[State]) -> list[str]:
 
 
 _BLOCK = 1 << 16  # elements per block: the accumulator and one scaled block stay in L2 cache
+_THREADED_MIN = 1 << 22  # elements read (updates x parameters) below which one thread is used
 
 
-def weighted_sum(states: Sequence[State], weights: Sequence[float]) -> State:
+def _threads() -> int:
+    """Threads for large reductions: the CPUs this process may run on, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+def weighted_sum(
+    states: Sequence[State], weights: Sequence[float], threads: int | None = None
+) -> State:
     """sum_i weights[i] * states[i], key by key, accumulated in float32 in the given order.
 
     Large tensors are reduced block by block so the running sum stays in cache: every update is
     read from memory once, as in a single stacked reduction. Each element sees the same float32
-    operations in the same order whatever the blocking, so the result does not depend on it.
+    operations in the same order whatever the blocking, so the result does not depend on it, nor
+    on `threads` (default: the usable CPUs, at most 8), over which the blocks are split when the
+    job is large (numpy releases the GIL inside each block's arithmetic).
     """
     if len(states) != len(weights):
         raise ValueError(f"{len(states)} states but {len(weights)} weights")
     keys = check_same_keys(states)
     ws = [np.float32(w) for w in weights]
-    out: State = {}
-    for k in keys:
-        first = np.asarray(states[0][k])
-        acc = np.empty(first.shape, dtype=np.float32)
-        flat_acc = acc.reshape(-1)
-        flats = [np.asarray(s[k]).reshape(-1) for s in states]
-        tmp = np.empty(min(flat_acc.size, _BLOCK), dtype=np.float32)
-        for lo in range(0, flat_acc.size, _BLOCK):
-            hi = min(lo + _BLOCK, flat_acc.size)
-            a, t = flat_acc[lo:hi], tmp[: hi - lo]
-            np.multiply(flats[0][lo:hi], ws[0], out=a, dtype=np.float32)
-            for f, w in zip(flats[1:], ws[1:], strict=True):
-                np.multiply(f[lo:hi], w, out=t, dtype=np.float32)
-                a += t
-        out[k] = acc
+    out: State = {k: np.empty(np.shape(states[0][k]), dtype=np.float32) for k in keys}
+    # flat views, made once per key (a copy only for an update that is not contiguous)
+    flat = {k: [np.asarray(s[k]).reshape(-1) for s in states] for k in keys}
+    blocks = [
+        (k, lo, min(lo + _BLOCK, out[k].size)) for k in keys for lo in range(0, out[k].size, _BLOCK)
+    ]
+    total = sum(v.size for v in out.values())
+    workers = threads or _threads()
+    if workers < 2 or total * len(states) < _THREADED_MIN or len(blocks) < 2:
+        _sum_blocks(flat, ws, out, blocks)
+        return out
+    # contiguous runs of blocks, one per thread, balanced by element count
+    bounds, acc, run = [], 0, 0
+    for i, (_, lo, hi) in enumerate(blocks):
+        acc += hi - lo
+        if acc >= total * (run + 1) / workers and run < workers - 1:
+            bounds.append(i + 1)
+            run += 1
+    runs = [blocks[a:b] for a, b in zip([0, *bounds], [*bounds, len(blocks)], strict=True)]
+    with ThreadPoolExecutor(len(runs)) as pool:
+        for done in [pool.submit(_sum_blocks, flat, ws, out, r) for r in runs]:
+            done.result()
     return out
+
+
+def _sum_blocks(
+    flat: dict[str, list[np.ndarray]],
+    ws: list[np.float32],
+    out: State,
+    blocks: list[tuple[str, int, int]],
+) -> None:
+    """Fill out[k][lo:hi] = sum_i ws[i] * flat[k][i][lo:hi] for each block, in update order."""
+    tmp = np.empty(_BLOCK, dtype=np.float32)
+    for k, lo, hi in blocks:
+        a, t, fs = out[k].reshape(-1)[lo:hi], tmp[: hi - lo], flat[k]
+        np.multiply(fs[0][lo:hi], ws[0], out=a, dtype=np.float32)
+        for f, w in zip(fs[1:], ws[1:], strict=True):
+            np.multiply(f[lo:hi], w, out=t, dtype=np.float32)
+            a += t
 
 
 def sample_weights(num_samples: Sequence[int]) -> list[float]:

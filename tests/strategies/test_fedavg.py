@@ -62,3 +62,22 @@ def test_state_dict_round_trip_checks_keys() -> None:
     strategy.load_state_dict(strategy.state_dict())
     with pytest.raises(KeyError):
         strategy.load_state_dict({"unexpected": 1})
+
+
+def test_weighted_sum_is_bit_identical_across_threads_and_layouts() -> None:
+    rng = np.random.default_rng(3)
+    shapes = {"big": (300, 1000), "odd": (70_001,), "scalar": (), "empty": (0, 4)}
+    states = [
+        {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()} for _ in range(12)
+    ]
+    states[4]["big"] = np.asfortranarray(states[4]["big"])  # a non-contiguous update
+    weights = list(rng.random(12))  # 12 x 370,002 elements: the threaded path
+    one = weighted_sum(states, weights, threads=1)
+    expected = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    for s, w in zip(states, weights, strict=True):
+        for k in shapes:
+            expected[k] += np.float32(w) * s[k]
+    for threads in (2, 3, 8):
+        many = weighted_sum(states, weights, threads=threads)
+        assert all(many[k].tobytes() == one[k].tobytes() for k in shapes)
+    assert all(one[k].tobytes() == expected[k].tobytes() for k in shapes)
