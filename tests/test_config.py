@@ -91,6 +91,8 @@ def test_more_torch_threads_than_reserved_cpus_is_warned(caplog) -> None:
     assert oversubscription(compose(["client.num_cpus=1", "client.torch_threads=1"])) is None
     assert oversubscription(compose(["client.num_cpus=1.5", "client.torch_threads=2"])) is None
     assert oversubscription(compose(["client.num_cpus=1"])) is None  # null: matched to the slot
+    for w in ("w1", "w2", "w3"):  # a benchmark preset narrowed to 1-CPU actors follows the slot
+        assert oversubscription(compose([f"experiment={w}", "client.num_cpus=1"])) is None
     gpu = compose(["client.num_cpus=1", "client.torch_threads=4", "client.num_gpus=1"])
     assert oversubscription(gpu) is None
     with caplog.at_level("WARNING", logger="fedray.config"):
