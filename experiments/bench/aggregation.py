@@ -3,7 +3,8 @@
 100 client updates of 10M float32 parameters each (4 GB in all), held as separate arrays as they
 arrive from clients. The reference is the memory-bandwidth limit: one numpy reduction that reads
 every update once (an unweighted `np.add.reduce` over the stacked updates, and the weighted one
-`w @ stacked`). Each figure is the median of `--repeat` timings, measured side by side in one run.
+`w @ stacked`). FedAvg splits its weighted sum over the usable CPUs (at most 8); the same sum on
+one thread is timed too. Each figure is the median of `--repeat` timings, side by side in one run.
 
 Usage: python experiments/bench/aggregation.py [--clients 100] [--params 10000000] [--repeat 3]
        [--robust] (also time median, trimmed_mean, krum; slow: they sort or compare all pairs)
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedray import registry
+from fedray.strategies.aggregate import weighted_sum
 from fedray.strategies.base import Contribution
 
 
@@ -65,6 +67,9 @@ def main() -> None:
         ),
         "numpy w @ stacked": timed(lambda: [w @ s for s in stacked.values()], args.repeat),
     }
+    rows["fedray fedavg sum, 1 thread"] = timed(
+        lambda: weighted_sum([c.delta for c in contribs], list(w), threads=1), args.repeat
+    )
     names = ["fedavg"] + (["median", "trimmed_mean", "krum"] if args.robust else [])
     for name in names:
         strategy = registry.build("algorithm", {"name": name})
