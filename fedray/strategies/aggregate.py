@@ -27,7 +27,7 @@ _BLOCK = 1 << 16  # elements per block: the accumulator and one scaled block sta
 _THREADED_MIN = 1 << 22  # elements read (updates x parameters) below which one thread is used
 
 
-def _threads() -> int:
+def reduction_threads() -> int:
     """Threads for large reductions: the CPUs this process may run on, at most 8."""
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
@@ -54,7 +54,7 @@ def weighted_sum(
         (k, lo, min(lo + _BLOCK, out[k].size)) for k in keys for lo in range(0, out[k].size, _BLOCK)
     ]
     total = sum(v.size for v in out.values())
-    workers = threads or _threads()
+    workers = threads or reduction_threads()
     if workers < 2 or total * len(states) < _THREADED_MIN or len(blocks) < 2:
         _sum_blocks(flat, ws, out, blocks)
         return out

@@ -214,19 +214,24 @@ def _round(seed: int, n: int = 7) -> tuple[dict, list[Contribution]]:
 
 
 @pytest.mark.parametrize("node", NODES, ids=lambda n: str(n))
-def test_finite_deterministic_and_chunking_invariant(
+def test_finite_deterministic_and_chunking_and_thread_invariant(
     node: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     g, c = _round(0)
+    monkeypatch.setattr(robust, "reduction_threads", lambda: 1)
     a = registry.build("algorithm", node).aggregate(g, c)
     b = registry.build("algorithm", node).aggregate(g, c)
     monkeypatch.setattr(robust, "_CHUNK_ELEMS", 3 * len(c))  # 3 columns a chunk: splits keys
-    chunked = registry.build("algorithm", node).aggregate(g, c)
+    chunked = {1: registry.build("algorithm", node).aggregate(g, c)}
+    for threads in (2, 3, 8):  # 15 chunks dealt round-robin, each thread its own scratch block
+        monkeypatch.setattr(robust, "reduction_threads", lambda t=threads: t)
+        chunked[threads] = registry.build("algorithm", node).aggregate(g, c)
     for k in g:
         assert a[k].shape == g[k].shape and a[k].dtype == np.float32
         assert np.isfinite(a[k]).all()
         np.testing.assert_array_equal(a[k], b[k])
-        np.testing.assert_array_equal(chunked[k], a[k])
+        for out in chunked.values():
+            assert out[k].tobytes() == a[k].tobytes()
 
 
 @pytest.mark.parametrize("node", NODES, ids=lambda n: str(n))
