@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from fedray.client.attack import AttackConfig
 from fedray.client.faults import FaultsConfig
-from fedray.client.speed import SpeedConfig, check_speed
+from fedray.client.speed import SpeedConfig, check_speed, speed_config
 from fedray.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ def validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    problem = check_speed(OmegaConf.to_object(cfg.speed)) or _mode_problem(cfg)
+    problem = check_speed(speed_config(cfg.speed)) or _mode_problem(cfg)
     if problem:
         raise ConfigError(problem)
     check_reliability(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from fedray.cli import CONF_DIR, compose, precheck
 from fedray.config import validate
@@ -98,3 +99,15 @@ def test_more_torch_threads_than_reserved_cpus_is_warned(caplog) -> None:
     with caplog.at_level("WARNING", logger="fedray.config"):
         validate(compose(["client.num_cpus=1", "client.torch_threads=2"]))
     assert "client.torch_threads=2 exceeds client.num_cpus=1" in caplog.text
+
+
+def test_a_saved_config_reloaded_untyped_still_validates(tmp_path: Path) -> None:
+    # `fedray resume` reads the run's .hydra/config.yaml back without the structured schema
+    cfg = compose(["speed.kind=lognormal", "speed.sigma=0.3"])
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg))
+    validate(OmegaConf.load(path))
+    bad = OmegaConf.load(path)
+    bad.speed.kind = "warp"
+    with pytest.raises(ConfigError, match=r"speed\.kind='warp' is unknown"):
+        validate(bad)

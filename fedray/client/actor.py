@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from fedray.client.dataset import EncodedData
-from fedray.client.speed import SpeedConfig, delay_s, speed_factors
+from fedray.client.speed import delay_s, speed_config, speed_factors
 from fedray.evaluation import EvalSums, shard_rows
 from fedray.server.hooks import extra_nbytes
 from fedray.types import ClientUpdate, State
@@ -60,7 +60,7 @@ class ClientWorker:
         self.data = data
         self.rule = client_rule(self.cfg, self.trainer)
         self.recipe = Recipe.from_config(c)
-        speed = OmegaConf.to_object(OmegaConf.merge(SpeedConfig, self.cfg.speed))
+        speed = speed_config(self.cfg.speed)
         self.speed = speed_factors(speed, len(data.clients), self.cfg.seed)
         self.faults = FaultInjector(self.cfg.get("faults"))
         self.attack = Attack(self.cfg.get("attack"), len(data.clients), self.cfg.seed)

@@ -14,6 +14,7 @@ clients) only, so the same clients are stragglers in sync and async runs with th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,14 @@ class SpeedConfig:
     slowdown: float = field(
         default=5.0, metadata={"help": "slow_fraction: how many times slower a slow client is."}
     )
+
+
+def speed_config(node: Any) -> SpeedConfig:
+    """The `speed` node as a SpeedConfig: from a typed config, a plain one (a resumed run's
+    saved config.yaml) or a dict (an actor's config)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SpeedConfig), node))
 
 
 def check_speed(s: SpeedConfig) -> str | None:
