@@ -111,3 +111,6 @@ def test_a_saved_config_reloaded_untyped_still_validates(tmp_path: Path) -> None
     bad.speed.kind = "warp"
     with pytest.raises(ConfigError, match=r"speed\.kind='warp' is unknown"):
         validate(bad)
+    bad.speed.kind, bad.speed.sigma = "lognormal", "wide"  # a hand-edited file: wrong type
+    with pytest.raises(ConfigError, match=r"^speed\.sigma: Value 'wide'"):
+        validate(bad)
