@@ -119,6 +119,22 @@ def check_combination(cfg: DictConfig) -> None:
             )
 
 
+def typed(schema: type[T], node: Any, group: str) -> T:
+    """`node` (a config node, typed or plain, a dict, or None for the defaults) as an instance of
+    the dataclass `schema`; a value of the wrong type is a ConfigError naming `group.key`.
+
+    A run's saved config.yaml, reloaded by `fedray resume`, is plain: its nodes become typed only
+    here, so everything that reads a group as its dataclass goes through this.
+    """
+    if isinstance(node, schema):
+        return node
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node or {}))
+    except OmegaConfBaseException as exc:
+        key = f"{group}.{exc.full_key}" if getattr(exc, "full_key", None) else group
+        raise ConfigError(f"{key}: {_first_line(exc)}") from None
+
+
 def ent_name(node: DictConfig) -> str:
     """The option name a group node selects."""
     return str(node.get("name"))

@@ -114,3 +114,7 @@ def test_a_saved_config_reloaded_untyped_still_validates(tmp_path: Path) -> None
     bad.speed.kind, bad.speed.sigma = "lognormal", "wide"  # a hand-edited file: wrong type
     with pytest.raises(ConfigError, match=r"^speed\.sigma: Value 'wide'"):
         validate(bad)
+    bad.speed.sigma = 0.3  # the faults and attack nodes are typed by the same helper
+    bad.faults = {"hang_s": "long"}
+    with pytest.raises(ConfigError, match=r"^faults\.hang_s: Value 'long'"):
+        validate(bad)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 
+from fedray.registry import typed
 from fedray.types import State
 
 KINDS = ("none", "sign_flip", "scale", "gaussian", "nan")
@@ -37,9 +37,7 @@ class AttackConfig:
 
 def attack_config(node: Any) -> AttackConfig:
     """An AttackConfig from a config node, a plain dict, or None (defaults)."""
-    if isinstance(node, AttackConfig):
-        return node
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AttackConfig), node or {}))
+    return typed(AttackConfig, node, "attack")
 
 
 def check(node: Any) -> str | None:

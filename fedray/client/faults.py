@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
+
+from fedray.registry import typed
 
 KINDS = ("raise", "hang", "die", "delay")
 
@@ -51,9 +52,7 @@ class FaultsConfig:
 
 def faults_config(node: Any) -> FaultsConfig:
     """A FaultsConfig from a config node, a plain dict, or None (defaults)."""
-    if isinstance(node, FaultsConfig):
-        return node
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FaultsConfig), node or {}))
+    return typed(FaultsConfig, node, "faults")
 
 
 def parse_schedule(entries: list[str], attempts: int = 1) -> dict[tuple[int, int], tuple[str, int]]:

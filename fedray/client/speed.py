@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fedray.errors import ConfigError
+from fedray.registry import typed
 
 KINDS = ("none", "lognormal", "slow_fraction")
 _STREAM = 0x5BEED  # separates this stream from every other use of the run seed
@@ -39,17 +39,8 @@ class SpeedConfig:
 
 
 def speed_config(node: Any) -> SpeedConfig:
-    """The `speed` node as a SpeedConfig: from a typed config, a plain one (a resumed run's
-    saved config.yaml) or a dict (an actor's config)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SpeedConfig), node))
-    except OmegaConfBaseException as exc:
-        key = f"speed.{exc.full_key}" if getattr(exc, "full_key", None) else "speed"
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{key}: {first} (speed.kind is a name, the rest numbers)") from None
+    """The `speed` node as a SpeedConfig (see :func:`fedray.registry.typed`)."""
+    return typed(SpeedConfig, node, "speed")
 
 
 def check_speed(s: SpeedConfig) -> str | None:
