@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 
@@ -25,11 +26,24 @@ def check_same_keys(states: Sequence[State]) -> list[str]:
 
 _BLOCK = 1 << 16  # elements per block: the accumulator and one scaled block stay in L2 cache
 _THREADED_MIN = 1 << 22  # elements read (updates x parameters) below which one thread is used
+T = TypeVar("T")
 
 
 def reduction_threads() -> int:
     """Threads for large reductions: the CPUs this process may run on, at most 8."""
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+def deal(work: Callable[[list[T]], None], items: list[T], threads: int) -> None:
+    """work(part) for `items` dealt round-robin into `threads` parts, each part on its own
+    thread (all in this thread when threads < 2); the first error is raised."""
+    workers = min(threads, len(items))
+    if workers < 2:
+        work(items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for done in [pool.submit(work, items[i::workers]) for i in range(workers)]:
+            done.result()
 
 
 def weighted_sum(
@@ -40,7 +54,7 @@ def weighted_sum(
     Large tensors are reduced block by block so the running sum stays in cache: every update is
     read from memory once, as in a single stacked reduction. Each element sees the same float32
     operations in the same order whatever the blocking, so the result does not depend on it, nor
-    on `threads` (default: the usable CPUs, at most 8), over which the blocks are split when the
+    on `threads` (default: the usable CPUs, at most 8), to which the blocks are dealt when the
     job is large (numpy releases the GIL inside each block's arithmetic).
     """
     if len(states) != len(weights):
@@ -54,21 +68,8 @@ def weighted_sum(
         (k, lo, min(lo + _BLOCK, out[k].size)) for k in keys for lo in range(0, out[k].size, _BLOCK)
     ]
     total = sum(v.size for v in out.values())
-    workers = threads or reduction_threads()
-    if workers < 2 or total * len(states) < _THREADED_MIN or len(blocks) < 2:
-        _sum_blocks(flat, ws, out, blocks)
-        return out
-    # contiguous runs of blocks, one per thread, balanced by element count
-    bounds, acc, run = [], 0, 0
-    for i, (_, lo, hi) in enumerate(blocks):
-        acc += hi - lo
-        if acc >= total * (run + 1) / workers and run < workers - 1:
-            bounds.append(i + 1)
-            run += 1
-    runs = [blocks[a:b] for a, b in zip([0, *bounds], [*bounds, len(blocks)], strict=True)]
-    with ThreadPoolExecutor(len(runs)) as pool:
-        for done in [pool.submit(_sum_blocks, flat, ws, out, r) for r in runs]:
-            done.result()
+    workers = (threads or reduction_threads()) if total * len(states) >= _THREADED_MIN else 1
+    deal(lambda part: _sum_blocks(flat, ws, out, part), blocks, workers)
     return out
 
 

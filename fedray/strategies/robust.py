@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fedray.registry import register
-from fedray.strategies.aggregate import add, reduction_threads, weighted_sum
+from fedray.strategies.aggregate import add, deal, reduction_threads, weighted_sum
 from fedray.strategies.base import Contribution, check_state_keys
 from fedray.strategies.validate import check_like
 from fedray.types import State
@@ -26,14 +25,21 @@ from fedray.types import State
 _CHUNK_ELEMS = 1 << 22  # values per stacked chunk (16 MiB of float32)
 
 
-def _spans(global_state: State, n: int) -> list[tuple[str, int, int]]:
-    """(key, start, stop) column chunks of every key, at most _CHUNK_ELEMS // n columns each."""
-    width = max(1, _CHUNK_ELEMS // n)
-    return [
+def _layout(
+    deltas: list[State], global_state: State
+) -> tuple[dict[str, list[np.ndarray]], list[tuple[str, int, int]], int]:
+    """Check every delta against the global state; (flat deltas per key, (key, start, stop)
+    column chunks of at most _CHUNK_ELEMS // n columns, the widest chunk's width)."""
+    for i, d in enumerate(deltas):
+        check_like(d, global_state, f"update {i}")
+    width = max(1, _CHUNK_ELEMS // len(deltas))
+    spans = [
         (key, start, min(start + width, a.size))
         for key, a in global_state.items()
         for start in range(0, a.size, width)
     ]
+    flats = {key: [np.ravel(d[key]) for d in deltas] for key in global_state}
+    return flats, spans, max((b - a for _, a, b in spans), default=0)
 
 
 def _fill(block: np.ndarray, flats: list[np.ndarray], start: int) -> np.ndarray:
@@ -50,33 +56,23 @@ def _chunks(
 
     `block` is one reused scratch buffer: overwrite it freely, but finish before the next one.
     """
-    for i, d in enumerate(deltas):
-        check_like(d, global_state, f"update {i}")
-    spans = _spans(global_state, len(deltas))
-    buf = np.empty((len(deltas), max((b - a for _, a, b in spans), default=0)), dtype)
-    flats = {key: [np.ravel(d[key]) for d in deltas] for key in global_state}
+    flats, spans, width = _layout(deltas, global_state)
+    buf = np.empty((len(deltas), width), dtype)
     for key, start, stop in spans:
         yield key, start, _fill(buf[:, : stop - start], flats[key], start)
 
 
 def _coordinatewise(
-    global_state: State,
-    contributions: list[Contribution],
-    reduce: Callable[[np.ndarray], Any],
-    threads: int | None = None,
+    global_state: State, contributions: list[Contribution], reduce: Callable[[np.ndarray], Any]
 ) -> State:
     """global + reduce(block) per coordinate; `reduce` maps an (n, w) block to w values and may
-    overwrite the block. Chunks are dealt round-robin to `threads` (default: the usable CPUs, at
-    most 8), each with its own scratch block."""
+    overwrite the block. The chunks are dealt to threads (:func:`reduction_threads`), each with
+    its own scratch block."""
     if not contributions:
         raise ValueError("no updates to aggregate")
     deltas = [c.delta for c in contributions]
-    for i, d in enumerate(deltas):
-        check_like(d, global_state, f"update {i}")
+    flats, spans, width = _layout(deltas, global_state)
     out = {k: np.empty(a.shape, np.float32) for k, a in global_state.items()}
-    flats = {key: [np.ravel(d[key]) for d in deltas] for key in global_state}
-    spans = _spans(global_state, len(deltas))
-    width = max((b - a for _, a, b in spans), default=0)
 
     def work(part: list[tuple[str, int, int]]) -> None:
         buf = np.empty((len(deltas), width), np.float32)
@@ -84,13 +80,7 @@ def _coordinatewise(
             block = _fill(buf[:, : stop - start], flats[key], start)
             out[key].reshape(-1)[start:stop] = reduce(block)  # a view
 
-    workers = min(threads or reduction_threads(), len(spans))
-    if workers < 2:
-        work(spans)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            for done in [pool.submit(work, spans[i::workers]) for i in range(workers)]:
-                done.result()
+    deal(work, spans, reduction_threads())
     return {k: np.add(out[k], a, out=out[k]) for k, a in global_state.items()}
 
 
