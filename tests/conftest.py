@@ -19,7 +19,7 @@ def ray_cluster():
 
     import ray
 
-    from fedray.cluster import WORKER_ENV
+    from fedray.app.cluster import WORKER_ENV
 
     ray.init(
         num_cpus=2,

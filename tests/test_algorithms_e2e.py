@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedray.checkpoint import load_checkpoint
-from fedray.cli import compose
+from fedray.app.cli import compose
+from fedray.app.run import run_experiment
+from fedray.core.checkpoint import load_checkpoint
 from fedray.models import save_tiny_classifier
-from fedray.run import run_experiment
 
 BASE = [
     "partition.num_clients=6",
@@ -67,7 +67,7 @@ def test_scaffold_keeps_control_variates_and_counts_their_bytes(
     assert c.keys() == state.global_state.keys()
     # c stays the mean of all N = 6 clients' c_i (never-trained clients hold c_i = 0)
     for k in c:
-        mean = sum(ci[k] for ci in state.client_states.values()) / 6
+        mean = sum(ci["rule"][k] for ci in state.client_states.values()) / 6
         np.testing.assert_allclose(c[k], mean, rtol=1e-4, atol=1e-7)
     assert any(np.abs(v).max() > 0 for v in c.values())
 
@@ -84,12 +84,11 @@ def test_fedper_head_never_leaves_the_client(ray_cluster, tiny, tmp_path: Path) 
     state = load_checkpoint(tmp_path / "checkpoint")
     initial = _initial_state(tiny)
     head = {k for k in initial if "classifier" in k}
-    assert head and all(set(s) == head for s in state.client_states.values())
+    rules = [s["rule"] for s in state.client_states.values()]  # the client rule's stored state
+    assert head and all(set(s) == head for s in rules)
     for k in head:  # the global head is never aggregated: still the loaded one
         assert np.array_equal(state.global_state[k], initial[k])
-    assert any(
-        not np.array_equal(s[k], initial[k]) for s in state.client_states.values() for k in head
-    )
+    assert any(not np.array_equal(s[k], initial[k]) for s in rules for k in head)
     shared_bytes = sum(v.nbytes for k, v in initial.items() if k not in head)
     for row in result.history:
         assert row["bytes_up"] == row["bytes_down"] == shared_bytes * 3
@@ -102,7 +101,8 @@ def test_ditto_keeps_personal_models(ray_cluster, tiny, tmp_path: Path) -> None:
     result = _run(tiny, tmp_path, "algorithm=ditto", "algorithm.lam=0.5")
     state = load_checkpoint(tmp_path / "checkpoint")
     assert len(state.client_states) >= 3
-    for personal in state.client_states.values():
+    for stored in state.client_states.values():
+        personal = stored["rule"]
         assert personal.keys() == state.global_state.keys()
         assert any(not np.array_equal(personal[k], state.global_state[k]) for k in personal)
     full = sum(v.nbytes for v in state.global_state.values())
@@ -130,4 +130,6 @@ def test_scaffold_resume_restores_server_and_client_variates(
     assert same(a.global_state, b.global_state)
     assert same(a.strategy["c"], b.strategy["c"])
     assert a.client_states.keys() == b.client_states.keys()
-    assert all(same(a.client_states[c], b.client_states[c]) for c in a.client_states)
+    assert all(
+        same(a.client_states[c]["rule"], b.client_states[c]["rule"]) for c in a.client_states
+    )

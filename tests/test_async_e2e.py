@@ -6,10 +6,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from fedray.checkpoint import load_checkpoint
-from fedray.cli import compose
+from fedray.app.cli import compose
+from fedray.app.run import run_experiment
+from fedray.core.checkpoint import load_checkpoint
 from fedray.models import save_tiny_classifier
-from fedray.run import run_experiment
 
 
 def test_async_run_with_stragglers_accounts_every_update_and_resumes(

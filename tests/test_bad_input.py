@@ -135,7 +135,7 @@ def test_bad_input(case: str, tmp_path: Path, files: dict[str, str]) -> None:
         "HF_DATASETS_OFFLINE": "1",
         "RAY_TMPDIR": files["ray_tmp"],
     }
-    cmd = [sys.executable, "-c", "from fedray.cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from fedray.app.cli import main; main()", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

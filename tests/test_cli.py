@@ -41,7 +41,7 @@ def _fedray(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-c",
-        "from fedray.cli import main; main()",
+        "from fedray.app.cli import main; main()",
         *args,
         f"hydra.run.dir={cwd}/out",
     ]
@@ -94,7 +94,7 @@ def test_multirun_records_one_finished_run_per_job(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-c",
-        "from fedray.cli import main; main()",
+        "from fedray.app.cli import main; main()",
         "-m",
         "partition=iid,dirichlet",
         f"model.name_or_path={model}",

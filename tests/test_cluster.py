@@ -11,8 +11,8 @@ import pytest
 _PROBE = """
 import json, psutil
 from omegaconf import OmegaConf
-from fedray.cluster import ray_session
-from fedray.config import ClusterConfig
+from fedray.app.cluster import ray_session
+from fedray.core.config import ClusterConfig
 import os, ray
 cfg = OmegaConf.structured(ClusterConfig(num_cpus=1, lean={lean}))
 with ray_session(cfg):

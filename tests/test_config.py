@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fedray.cli import CONF_DIR, compose, precheck
-from fedray.config import validate
-from fedray.errors import ConfigError
+from fedray.app.cli import CONF_DIR, compose, precheck
+from fedray.app.spec import validate
+from fedray.core.errors import ConfigError
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 REQUIRED = {
@@ -87,7 +87,7 @@ def test_experiment_presets_set_workloads() -> None:
 
 
 def test_more_torch_threads_than_reserved_cpus_is_warned(caplog) -> None:
-    from fedray.config import oversubscription
+    from fedray.app.spec import oversubscription
 
     assert oversubscription(compose(["client.num_cpus=1", "client.torch_threads=1"])) is None
     assert oversubscription(compose(["client.num_cpus=1.5", "client.torch_threads=2"])) is None
@@ -96,7 +96,7 @@ def test_more_torch_threads_than_reserved_cpus_is_warned(caplog) -> None:
         assert oversubscription(compose([f"experiment={w}", "client.num_cpus=1"])) is None
     gpu = compose(["client.num_cpus=1", "client.torch_threads=4", "client.num_gpus=1"])
     assert oversubscription(gpu) is None
-    with caplog.at_level("WARNING", logger="fedray.config"):
+    with caplog.at_level("WARNING", logger="fedray.app.spec"):
         validate(compose(["client.num_cpus=1", "client.torch_threads=2"]))
     assert "client.torch_threads=2 exceeds client.num_cpus=1" in caplog.text
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fedray.cli import compose
-from fedray.config import validate
-from fedray.errors import ConfigError
+from fedray.app.cli import compose
+from fedray.app.spec import validate
+from fedray.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

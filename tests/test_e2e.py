@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fedray.cli import compose
+from fedray.app.cli import compose
+from fedray.app.run import run_experiment
 from fedray.models import save_tiny_causal_lm, save_tiny_classifier
-from fedray.run import run_experiment
 
 SMALL = [
     "partition=iid",
@@ -39,8 +39,8 @@ def minilm_run(ray_cluster, tmp_path_factory):
 
 def test_run_uses_two_actors_and_improves_the_global_model(minilm_run) -> None:
     result, _ = minilm_run
-    assert len(result.ready["actors"]) == 2
-    assert len({a["pid"] for a in result.ready["actors"]}) == 2
+    assert len(result.ready.actors) == 2
+    assert len({a["pid"] for a in result.ready.actors}) == 2
     assert [row["round"] for row in result.history] == [1, 2]
     assert all(row["clients_ok"] == 4 and row["clients_failed"] == 0 for row in result.history)
     assert result.history[-1]["eval_loss"] < result.initial["eval_loss"]
@@ -115,7 +115,7 @@ def test_logical_gpus_pin_four_actors_to_two_devices(ray_cluster, tmp_path: Path
         ]
     )
     result = run_experiment(cfg, tmp_path / "run", cwd=tmp_path, out=None)
-    devices = sorted(a["cuda_visible_devices"] for a in result.ready["actors"])
+    devices = sorted(a["cuda_visible_devices"] for a in result.ready.actors)
     assert devices == ["0", "0", "1", "1"]
     assert result.history[0]["clients_ok"] == 4
 

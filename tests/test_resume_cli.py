@@ -15,12 +15,12 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fedray.checkpoint import load_checkpoint
+from fedray.core.checkpoint import load_checkpoint
 from fedray.models import save_tiny_classifier
 
 
 def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from fedray.cli import main; main()", *args]
+    return [sys.executable, "-c", "from fedray.app.cli import main; main()", *args]
 
 
 def _env() -> dict[str, str]:

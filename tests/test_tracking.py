@@ -16,10 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from fedray import tracking
-from fedray.config import FedrayConfig, TrackingConfig
-from fedray.plots import curve_figure, label_histogram_figure
-from fedray.tracking import Tracker, default_tracking_uri, flatten_config
+from fedray.core.config import FedrayConfig, TrackingConfig
+from fedray.tracking import tracker as tracking
+from fedray.tracking.plots import curve_figure, label_histogram_figure
+from fedray.tracking.tracker import Tracker, default_tracking_uri, flatten_config
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedray.cli import compose
-from fedray.run import RunResult, run_experiment
+from fedray.app.cli import compose
+from fedray.app.run import RunResult, run_experiment
 
 # 4 actors of half a CPU: stragglers occupy an actor while they "wait", as a slow device would
 COMMON = [

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedray import registry
-from fedray.strategies.aggregate import weighted_sum
-from fedray.strategies.base import Contribution
+from fedray.core import registry
+from fedray.core.statemath import weighted_sum
+from fedray.core.types import Contribution
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:

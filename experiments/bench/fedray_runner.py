@@ -19,8 +19,8 @@ def main(name: str, out: str, extra: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from workloads import WORKLOADS
 
-    from fedray.cli import compose
-    from fedray.run import run_experiment
+    from fedray.app.cli import compose
+    from fedray.app.run import run_experiment
 
     cfg = compose([WORKLOADS[name].preset, "tracking=none", *extra])
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,7 +38,7 @@ def main(name: str, out: str, extra: list[str]) -> None:
             {
                 "fingerprint": result.fingerprint,
                 "rounds": rounds,
-                "startup_s": result.ready.get("startup_s"),
+                "startup_s": result.ready.startup_s if result.ready else None,
                 "total_wall_s": time.perf_counter() - T0,
             },
             f,

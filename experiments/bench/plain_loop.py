@@ -26,7 +26,7 @@ def main(name: str, out: str) -> None:
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from workloads import WORKLOADS
 
-    from fedray.cli import compose
+    from fedray.app.cli import compose
     from fedray.data import build_federated_data
 
     w = WORKLOADS[name]

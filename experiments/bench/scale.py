@@ -37,10 +37,10 @@ def child(out: str, overrides: list[str]) -> None:
 
     import numpy as np
 
-    from fedray.cli import compose
+    from fedray.app.cli import compose
+    from fedray.app.run import run_experiment
     from fedray.data.partition import register_partitioner
     from fedray.data.partitioners.natural import natural
-    from fedray.run import run_experiment
 
     @register_partitioner("replicated_natural")
     def replicated_natural(
@@ -61,7 +61,7 @@ def child(out: str, overrides: list[str]) -> None:
     Path(out).write_text(
         json.dumps(
             {
-                "num_clients": result.ready["num_clients"],
+                "num_clients": result.ready.num_clients,
                 "rounds": rounds,
                 "total_wall_s": time.perf_counter() - T0,
             }

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedray.cli import compose
+from fedray.app.cli import compose
 from fedray.data import build_federated_data
 from fedray.models import encode, load_tokenizer, resolve_model_path
 
@@ -27,7 +27,7 @@ def main(out: Path) -> None:
     data = build_federated_data(cfg.data, cfg.partition, cfg.seed)
     idx = np.concatenate([np.asarray(c) for c in data.clients])
     tokenizer = load_tokenizer(cfg.model)
-    enc = encode(tokenizer, [data.corpus.texts[i] for i in idx], cfg.data.max_length, cfg.data.task)
+    enc = encode(tokenizer, [data.corpus.texts[i] for i in idx], cfg.data.max_length)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(
         out / "w1.npz",

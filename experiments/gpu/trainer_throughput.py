@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedray.client.trainer import Trainer
-from fedray.config import LoraConfig, ModelConfig
+from fedray.client.trainer import Recipe, Trainer
+from fedray.core.config import LoraConfig, ModelConfig
 
 W1_LORA = LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=["query", "value"])
 
@@ -45,12 +45,11 @@ def plain(trainer: Trainer, data: dict[str, np.ndarray], bs: int, steps: int, wa
     """Seconds for `steps` optimizer steps of the trainer's own fit (W1 recipe, AdamW)."""
     n = min(len(data["labels"]), bs * (steps + warm))
     sub = {k: v[:n] for k, v in data.items()}
-    hp = {"seed": 0, "epochs": 10**6, "batch_size": bs, "lr": 5e-4, "weight_decay": 0.01}
-    trainer.fit(sub, max_steps=warm, **hp)
+    trainer.fit(sub, seed=0, recipe=Recipe(10**6, bs, 5e-4, 0.01, max_steps=warm))
     _sync(trainer.device)
     _peak_reset(trainer.device)
     t = time.perf_counter()
-    trainer.fit(sub, max_steps=steps, **hp)
+    trainer.fit(sub, seed=0, recipe=Recipe(10**6, bs, 5e-4, 0.01, max_steps=steps))
     _sync(trainer.device)
     return time.perf_counter() - t
 

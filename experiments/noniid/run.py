@@ -102,10 +102,10 @@ def main() -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from fedray.cli import compose
-    from fedray.cluster import ray_session
+    from fedray.app.cli import compose
+    from fedray.app.cluster import ray_session
+    from fedray.app.run import run_experiment
     from fedray.data import build_federated_data
-    from fedray.run import run_experiment
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def rows_from_mlflow(uri: str) -> tuple[list[Row], dt.datetime]:
 
 
 def _clients(overrides: list[str]) -> int:
-    from fedray.cli import compose
+    from fedray.app.cli import compose
     from fedray.data import build_federated_data
 
     cfg = compose([*budget(1), *overrides])

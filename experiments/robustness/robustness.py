@@ -109,10 +109,10 @@ def main() -> None:
     import numpy as np
     import ray
 
-    from fedray.checkpoint import load_checkpoint
-    from fedray.cli import compose
-    from fedray.cluster import ray_session
-    from fedray.run import run_experiment
+    from fedray.app.cli import compose
+    from fedray.app.cluster import ray_session
+    from fedray.app.run import run_experiment
+    from fedray.core.checkpoint import load_checkpoint
 
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)

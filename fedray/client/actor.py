@@ -1,8 +1,10 @@
 """The client actor: a thin Ray wrapper around :class:`~fedray.client.trainer.Trainer`.
 
 One actor loads the frozen base model once and then trains many virtual clients in turn. It
-holds no client state of its own: whatever must survive between rounds comes in with the call
-and goes back with the result, keyed by client id, so any actor can train any client.
+holds no client state between rounds: what must survive comes in with the job and goes back
+with the update, keyed by client id, so any actor can train any client. Within one round it
+keeps each of its clients' *session* (what a multi-phase privacy mechanism's client keeps
+between round trips, such as its secret keys), which never leaves the actor.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from fedray.client.dataset import EncodedData
-from fedray.client.speed import delay_s, speed_config, speed_factors
-from fedray.evaluation import EvalSums, shard_rows
-from fedray.server.hooks import extra_nbytes
-from fedray.types import ClientUpdate, State
+from fedray.client.attack import Attack
+from fedray.client.faults import FaultInjector
+from fedray.client.speed import delay_s, speed_factors
+from fedray.core.config import FedrayConfig
+from fedray.core.statemath import nbytes, subtract
+from fedray.core.types import State, TrainJob, Update
+from fedray.data.base import EncodedData
+from fedray.pipeline import Pipeline
+from fedray.tasks.base import shard_rows
 
 
 def pick_device(requested: str, num_gpus: float) -> str:
@@ -37,33 +42,45 @@ def pick_device(requested: str, num_gpus: float) -> str:
     return "cpu"
 
 
+@dataclass(frozen=True)
+class ActorSpec:
+    """What a client actor needs, already typed: the run spec, the data's label count and
+    the algorithm's client rule (a `rule` registry node)."""
+
+    run: FedrayConfig
+    num_labels: int | None
+    rule: dict[str, Any]
+
+
 class ClientWorker:
     """Trains virtual clients on one CPU/GPU slot. Wrapped by ``ray.remote`` in the driver."""
 
-    def __init__(
-        self, cfg: dict[str, Any], data: EncodedData, task: str, num_labels: int | None
-    ) -> None:
-        from fedray.client.attack import Attack
-        from fedray.client.faults import FaultInjector
-        from fedray.client.rules import Recipe, client_rule
-        from fedray.client.trainer import Trainer
-        from fedray.pipeline import Pipeline
+    def __init__(self, spec: ActorSpec, data: EncodedData) -> None:
+        from fedray.client.trainer import Recipe, Trainer
+        from fedray.core import registry
 
-        self.cfg: DictConfig = OmegaConf.create(cfg)
-        c = self.cfg.client
+        run = spec.run
+        c = run.client
         threads = c.torch_threads or max(1, math.ceil(c.num_cpus))
-        device = pick_device(c.device, c.num_gpus)
+        task = registry.build("task", {"name": run.data.task})
         self.trainer = Trainer(
-            self.cfg.model, task, num_labels, seed=self.cfg.seed, device=device, threads=threads
+            run.model,
+            task,
+            spec.num_labels,
+            seed=run.seed,
+            device=pick_device(c.device, c.num_gpus),
+            threads=threads,
         )
-        self.pipeline = Pipeline.from_config(self.cfg)
+        self.eval_batch_size = c.eval_batch_size
+        self.pipeline = Pipeline.from_spec(run)
         self.data = data
-        self.rule = client_rule(self.cfg, self.trainer)
+        self.rule = registry.build("rule", spec.rule, trainer=self.trainer, seed=run.seed)
         self.recipe = Recipe.from_config(c)
-        speed = speed_config(self.cfg.speed)
-        self.speed = speed_factors(speed, len(data.clients), self.cfg.seed)
-        self.faults = FaultInjector(self.cfg.get("faults"))
-        self.attack = Attack(self.cfg.get("attack"), len(data.clients), self.cfg.seed)
+        self.speed = speed_factors(run.speed, len(data.clients), run.seed)
+        self.faults = FaultInjector(run.faults)
+        self.attack = Attack(run.attack, len(data.clients), run.seed)
+        self.sessions: dict[int, dict[str, Any]] = {}  # client id -> session, this round only
+        self.session_round = -1
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs: pid, device, and the GPUs Ray pinned it to."""
@@ -71,6 +88,7 @@ class ClientWorker:
 
         return {
             "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
             "device": str(self.trainer.device),
             "gpu_ids": [
                 str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
@@ -82,60 +100,90 @@ class ClientWorker:
         """The trainable state right after loading (the round-0 global state)."""
         return self.trainer.get_state()
 
-    def train(
-        self,
-        round: int,
-        client_id: int,
-        seed: int,
-        global_state: State,
-        client_state: State | None = None,
-        extra: State | None = None,
-        attempt: int = 0,
-    ) -> ClientUpdate:
-        """Local training of one virtual client by the algorithm's client rule.
+    def _session(self, round: int, client_id: int) -> dict[str, Any]:
+        if round != self.session_round:  # a new round: the last one's sessions are over
+            self.sessions, self.session_round = {}, round
+        return self.sessions.setdefault(client_id, {})
 
-        `extra` is what the strategy broadcast beside the global state (SCAFFOLD's c); the
-        rule's own extra state goes back in the update and counts towards `nbytes_up`.
-        `attempt` counts retries within the round (the fault schedule may depend on it).
+    def phase(self, phase: str, round: int, messages: dict[int, Any]) -> dict[int, Any]:
+        """One round trip of the privacy mechanism for this actor's clients of the round.
+
+        A client whose handler raises is left out of the reply: it dropped out.
+        """
+        replies: dict[int, Any] = {}
+        for cid, message in messages.items():
+            try:
+                replies[cid] = self.pipeline.mechanism.client_phase(
+                    phase,
+                    client_id=cid,
+                    round=round,
+                    message=message,
+                    session=self._session(round, cid),
+                )
+            except Exception:
+                self.sessions.pop(cid, None)
+        return replies
+
+    def train(
+        self, job: TrainJob, payload: Any, extra: State | None = None, round_message: Any = None
+    ) -> Update:
+        """Local training of one virtual client by the algorithm's client rule, then the
+        pipeline's client transforms.
+
+        `payload` is the broadcast (the downlink codec's encoding of the shared global state),
+        `extra` what the strategy broadcast beside it (SCAFFOLD's c); the rule's own extra
+        state goes back in the update and counts towards `nbytes_up`.
         """
         from fedray.client.rules import LocalJob
 
-        self.faults.inject(round, client_id, attempt)
-        job = LocalJob(
-            client_id, seed, self.data.client_batch(client_id), global_state, client_state, extra
+        self.faults.inject(job.round, job.client_id, job.attempt)
+        global_state = self.pipeline.decode_down(payload, job.spec)
+        stored = dict(job.client_state)
+        local = LocalJob(
+            job.client_id,
+            job.seed,
+            self.data.client_batch(job.client_id),
+            global_state,
+            stored.pop("rule", None),
+            extra,
         )
-        result = self.rule.run(self.trainer, job, self.recipe)
-        trained = self.attack.apply(result.trained, global_state, client_id, round)
-        delay = delay_s(float(self.speed[client_id]), result.metrics["compute_s"])
+        result = self.rule.run(self.trainer, local, self.recipe)
+        trained = self.attack.apply(result.trained, global_state, job.client_id, job.round)
+        delay = delay_s(float(self.speed[job.client_id]), result.metrics["compute_s"])
         result.metrics["delay_s"] = delay
         time.sleep(delay)  # simulated straggler (speed.*); 0 by default
-        payload, nbytes_up = self.pipeline.client(
-            trained, global_state, client_id=client_id, round=round
+        sent, state = self.pipeline.client(
+            subtract(trained, global_state),
+            spec=job.spec,
+            weight=float(result.num_samples),
+            client_id=job.client_id,
+            round=job.round,
+            seed=job.seed,
+            round_message=round_message,
+            client_message=job.message,
+            client_state=stored,
+            session=self._session(job.round, job.client_id),
         )
-        return ClientUpdate(
-            client_id=client_id,
+        if result.client_state is not None:
+            state["rule"] = result.client_state
+        return Update(
+            client_id=job.client_id,
             num_samples=result.num_samples,
-            payload=payload,
-            nbytes_up=nbytes_up + extra_nbytes(result.extra),
+            payload=sent,
+            nbytes_up=int(sent.nbytes) + (0 if result.extra is None else nbytes(result.extra)),
             metrics=result.metrics,
-            client_state=result.client_state,
+            client_state=state,
             extra=result.extra,
         )
 
-    def evaluate(self, global_state: State) -> dict[str, float]:
-        """Metrics of the global state on the held-out test set."""
-        self.trainer.set_state(global_state)
-        return self.trainer.evaluate(self.data.test, batch_size=self.cfg.client.eval_batch_size)
-
-    def evaluate_shard(self, global_state: State, shard: int, shards: int) -> EvalSums:
-        """Sums of the global state over shard `shard` of `shards` of the test set."""
-        size = self.cfg.client.eval_batch_size
+    def evaluate_shard(self, global_state: State, shard: int, shards: int) -> list[dict]:
+        """Per-batch sums of the global state over shard `shard` of `shards` of the test set."""
         n = len(next(iter(self.data.test.values())))
-        start, stop = shard_rows(n, size, shard, shards)
+        start, stop = shard_rows(n, self.eval_batch_size, shard, shards)
         if start == stop:  # more actors than test batches
-            return {"loss_sums": [], "correct": 0, "count": 0}
+            return []
         self.trainer.set_state(global_state)
-        return self.trainer.eval_sums(self.data.test, size, start, stop)
+        return self.trainer.eval_sums(self.data.test, self.eval_batch_size, start, stop)
 
     def export(self, global_state: State) -> dict[str, bytes]:
         """The global model as files (peft adapter or full HF model), to ship to the driver."""

@@ -7,32 +7,15 @@ the delta (trained - global) before the pipeline's client half, as a compromised
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fedray.registry import typed
-from fedray.types import State
+from fedray.core.config import AttackConfig
+from fedray.core.registry import typed
+from fedray.core.types import State
 
 KINDS = ("none", "sign_flip", "scale", "gaussian", "nan")
-
-
-@dataclass
-class AttackConfig:
-    """Which clients attack and how (none by default)."""
-
-    kind: str = field(
-        default="none", metadata={"help": "none | sign_flip | scale | gaussian | nan."}
-    )
-    fraction: float = field(default=0.2, metadata={"help": "Fraction of clients attacking."})
-    scale: float = field(default=10.0, metadata={"help": "scale: delta * scale."})
-    noise_std: float = field(
-        default=0.1, metadata={"help": "gaussian: the delta becomes N(0, noise_std^2) noise."}
-    )
-    seed: int | None = field(
-        default=None, metadata={"help": "Seed choosing the attackers (null: the run seed)."}
-    )
 
 
 def attack_config(node: Any) -> AttackConfig:

@@ -11,43 +11,18 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fedray.registry import typed
+from fedray.core.config import FaultsConfig
+from fedray.core.registry import typed
 
 KINDS = ("raise", "hang", "die", "delay")
 
 
 class InjectedFault(RuntimeError):
     """The error a client raises for a `raise` fault."""
-
-
-@dataclass
-class FaultsConfig:
-    """Which client calls fail, and how (off by default)."""
-
-    schedule: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Entries 'ROUND:CLIENT:KIND[:ATTEMPTS]', KIND one of raise|hang|die|delay; "
-            "ATTEMPTS (default faults.attempts): how many tries of that call fail."
-        },
-    )
-    rate: float = field(
-        default=0.0, metadata={"help": "Probability that a (round, client) call gets `kind`."}
-    )
-    kind: str = field(default="raise", metadata={"help": "Fault drawn by `rate`."})
-    seed: int = field(default=0, metadata={"help": "Seed of the `rate` draws."})
-    attempts: int = field(
-        default=1, metadata={"help": "Tries of a faulty call that fail (1: a retry succeeds)."}
-    )
-    hang_s: float = field(default=3600.0, metadata={"help": "How long a `hang` sleeps."})
-    delay_s: float = field(
-        default=2.0, metadata={"help": "How long a `delay` sleeps before training (no failure)."}
-    )
 
 
 def faults_config(node: Any) -> FaultsConfig:

@@ -1,29 +1,25 @@
 """Personalized client rules: FedPer (local layers) and Ditto (a personal model per client).
 
 Both evaluate the client's personalized model on a seeded hold-out of the client's own samples
-right after local training and report ``personal_accuracy`` / ``personal_loss``; the driver
-averages them over the round's clients (``eval_personal_accuracy``). The hold-out exists only
+right after local training and report the task's metrics as ``personal_<metric>``; the driver
+averages them over the round's clients (``eval_personal_accuracy``, ...). The hold-out exists only
 under these rules, so the partition, the test set and the data fingerprint do not change.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from fedray.client.rules import (
-    LocalJob,
-    LocalResult,
-    Recipe,
-    as_tensors,
-    num_rows,
-    proximal_loss,
-)
-from fedray.client.trainer import Trainer
+from fedray.client.rules import LocalJob, LocalResult, as_tensors, proximal_loss
+from fedray.client.trainer import Recipe, Trainer
+from fedray.core.registry import register
+from fedray.core.statemath import split_local
 from fedray.models import trainable_parameters
-from fedray.strategies.personal import split_local
+from fedray.tasks.base import num_rows
 
 
 def holdout_rows(
@@ -61,9 +57,19 @@ class _Holdout:
         if held is None:
             return {}
         ev = trainer.evaluate(held, batch_size=64)
-        return {"personal_accuracy": ev["accuracy"], "personal_loss": ev["loss"]}
+        return {f"personal_{k}": v for k, v in ev.items()}
 
 
+@dataclass
+class FedPerOptions:
+    """Options of the `fedper` rule (set by `algorithm=fedper`)."""
+
+    name: str = "fedper"
+    local_keys: list[str] = field(default_factory=lambda: ["classifier"])
+    holdout: float = 0.2
+
+
+@register("rule", "fedper", FedPerOptions)
 class FedPerRule:
     """FedPer (Arivazhagan et al., 2019): keys matching `local_keys` stay on the client.
 
@@ -72,10 +78,10 @@ class FedPerRule:
     with). Only the shared part goes up; the local part goes back to the store.
     """
 
-    def __init__(self, trainer: Trainer, local_keys: list[str], holdout: float, seed: int) -> None:
-        self.patterns = list(local_keys)
+    def __init__(self, options: FedPerOptions, *, trainer: Trainer, seed: int, **_: Any) -> None:
+        self.patterns = list(options.local_keys)
         _, self.initial_local = split_local(trainer.get_state(), self.patterns)
-        self.holdout = _Holdout(holdout, seed)
+        self.holdout = _Holdout(options.holdout, seed)
 
     def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
         local = job.client_state if job.client_state is not None else self.initial_local
@@ -83,13 +89,23 @@ class FedPerRule:
             raise ValueError("fedper: the stored local state does not match local_keys")
         trainer.set_state({**job.global_state, **local})
         train, held = self.holdout.split(job)
-        metrics = trainer.fit(train, seed=job.seed, **recipe.kwargs())
+        metrics = trainer.fit(train, seed=job.seed, recipe=recipe)
         metrics.update(self.holdout.evaluate(trainer, held))
         trained = trainer.get_state()
         shared, new_local = split_local(trained, self.patterns)
         return LocalResult(shared, num_rows(train), metrics, client_state=new_local)
 
 
+@dataclass
+class DittoOptions:
+    """Options of the `ditto` rule (set by `algorithm=ditto`)."""
+
+    name: str = "ditto"
+    lam: float = 0.1
+    holdout: float = 0.2
+
+
+@register("rule", "ditto", DittoOptions)
 class DittoRule:
     """Ditto (Li et al., 2021): a global update as FedAvg, plus a personal model v_i.
 
@@ -98,23 +114,23 @@ class DittoRule:
     same recipe and seed on ``F_i(v) + lam / 2 * ||v - w||²``, ``w`` the received global.
     """
 
-    def __init__(self, lam: float, holdout: float, seed: int) -> None:
-        self.lam = lam
-        self.holdout = _Holdout(holdout, seed)
+    def __init__(self, options: DittoOptions, *, seed: int, **_: Any) -> None:
+        self.lam = options.lam
+        self.holdout = _Holdout(options.holdout, seed)
 
     def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
         w = job.global_state
         train, held = self.holdout.split(job)
         trainer.set_state(w)
-        metrics = trainer.fit(train, seed=job.seed, **recipe.kwargs())
+        metrics = trainer.fit(train, seed=job.seed, recipe=recipe)
         trained = trainer.get_state()
         trainer.set_state(job.client_state if job.client_state is not None else w)
         params = trainable_parameters(trainer.model)
         personal = trainer.fit(
             train,
             seed=job.seed,
+            recipe=recipe,
             extra_loss=proximal_loss(params, as_tensors(w, params), self.lam),
-            **recipe.kwargs(),
         )
         metrics["personal_train_loss"] = personal["loss"]
         metrics["compute_s"] += personal["compute_s"]

@@ -1,10 +1,11 @@
 """Client update rules: how one virtual client turns the global state into its local update.
 
 The actor hands every round's job to a rule instead of calling ``Trainer.fit`` itself. An
-algorithm names its rule through an optional ``client_rule(trainer)`` method on its registered
-strategy class; algorithms without one get :class:`LocalRule`, the plain W1 recipe. Rules are
-small and composable: the loss terms below are plain functions handed to ``Trainer.fit`` as
-``extra_loss``, so the trainer stays one code path.
+algorithm names its rule with :meth:`fedray.strategies.Strategy.client_rule` (a config node of
+the `rule` registry group); algorithms without one get ``local``, the plain W1 recipe. Rules
+are small and composable: the loss terms below are plain functions handed to ``Trainer.fit``
+as ``extra_loss``, and the trainer's factories (optimizer, batches, wrap) let a rule change how
+training runs without copying the loop.
 
 Personalized rules live in :mod:`fedray.client.personal`.
 """
@@ -18,12 +19,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fedray.client.trainer import Trainer
+from fedray.client.trainer import ExtraLoss, Recipe, Trainer
+from fedray.core.extra import tagged, untagged
+from fedray.core.registry import register
+from fedray.core.types import State
 from fedray.models import trainable_parameters
-from fedray.strategies.extra import tagged, untagged
-from fedray.types import State
-
-ExtraLoss = Callable[[torch.nn.Module], torch.Tensor]
+from fedray.tasks.base import num_rows
 
 
 @dataclass
@@ -34,7 +35,7 @@ class LocalJob:
     seed: int
     batch: dict[str, np.ndarray]
     global_state: State  # what the server sent (the strategy's shared part of the global state)
-    client_state: State | None = None  # from the driver's client-state store (None: first visit)
+    client_state: State | None = None  # the rule's part of the client's stored state
     server_extra: State | None = None  # extra state the strategy broadcast (e.g. SCAFFOLD's c)
 
 
@@ -49,38 +50,6 @@ class LocalResult:
     extra: State | None = None  # extra state sent up beside the update (e.g. SCAFFOLD's delta c)
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """The local optimisation settings of `client.*` (the arguments of ``Trainer.fit``)."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    max_steps: int = 0
-
-    @classmethod
-    def from_config(cls, client: Any) -> Recipe:
-        """Read the recipe from the `client` config node."""
-        return cls(
-            epochs=int(client.epochs),
-            batch_size=int(client.batch_size),
-            lr=float(client.lr),
-            weight_decay=float(client.weight_decay),
-            max_steps=int(client.max_steps),
-        )
-
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``Trainer.fit``."""
-        return {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "max_steps": self.max_steps,
-        }
-
-
 class ClientRule(Protocol):
     """Local training of one client; stateless across clients (state travels in the job)."""
 
@@ -89,30 +58,26 @@ class ClientRule(Protocol):
         ...
 
 
-def client_rule(cfg: Any, trainer: Trainer) -> ClientRule:
-    """The rule the configured algorithm names (``client_rule`` on its strategy), else local."""
-    from fedray import registry
-
-    strategy = registry.build("algorithm", cfg.algorithm)
-    factory = getattr(strategy, "client_rule", None)
-    return LocalRule() if factory is None else factory(trainer, seed=int(cfg.seed))
-
-
-def num_rows(batch: dict[str, np.ndarray]) -> int:
-    """Samples in a batch of token arrays."""
-    return len(batch["input_ids"])
-
-
 @dataclass
+class LocalOptions:
+    """Options of the `local` rule: none."""
+
+    name: str = "local"
+
+
+@register("rule", "local", LocalOptions)
 class LocalRule:
     """The default: load the global state, run ``Trainer.fit`` once, send the result.
 
     The client state passes through unchanged, as before rules existed.
     """
 
+    def __init__(self, options: LocalOptions | None = None, **_: Any) -> None:
+        self.options = options or LocalOptions()
+
     def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
         trainer.set_state(job.global_state)
-        metrics = trainer.fit(job.batch, seed=job.seed, **recipe.kwargs())
+        metrics = trainer.fit(job.batch, seed=job.seed, recipe=recipe)
         return LocalResult(
             trainer.get_state(), num_rows(job.batch), metrics, client_state=job.client_state
         )
@@ -157,10 +122,19 @@ def linear_loss(
 
 
 @dataclass
+class ProximalOptions:
+    """Options of the `proximal` rule."""
+
+    name: str = "proximal"
+    mu: float = 0.01
+
+
+@register("rule", "proximal", ProximalOptions)
 class ProximalRule:
     """FedProx (Li et al., 2020): local loss + ``mu / 2 * ||w - w_global||²``."""
 
-    mu: float
+    def __init__(self, options: ProximalOptions, **_: Any) -> None:
+        self.mu = options.mu
 
     def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
         trainer.set_state(job.global_state)
@@ -169,8 +143,8 @@ class ProximalRule:
         metrics = trainer.fit(
             job.batch,
             seed=job.seed,
+            recipe=recipe,
             extra_loss=proximal_loss(params, anchor, self.mu),
-            **recipe.kwargs(),
         )
         return LocalResult(
             trainer.get_state(), num_rows(job.batch), metrics, client_state=job.client_state
@@ -216,6 +190,13 @@ def scaffold_control_update(grad_sum: State, direction: State, steps: int) -> St
 
 
 @dataclass
+class ScaffoldOptions:
+    """Options of the `scaffold` rule: none."""
+
+    name: str = "scaffold"
+
+
+@register("rule", "scaffold", ScaffoldOptions)
 class ScaffoldRule:
     """SCAFFOLD's client (Karimireddy et al., 2020), on the local optimizer of the W1 recipe.
 
@@ -226,6 +207,9 @@ class ScaffoldRule:
     SGD, still a gradient under AdamW). Control variates cover exactly the trainable state
     (LoRA adapters + modules_to_save).
     """
+
+    def __init__(self, options: ScaffoldOptions | None = None, **_: Any) -> None:
+        self.options = options or ScaffoldOptions()
 
     def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
         x = job.global_state
@@ -241,8 +225,8 @@ class ScaffoldRule:
             metrics = trainer.fit(
                 job.batch,
                 seed=job.seed,
+                recipe=recipe,
                 extra_loss=linear_loss(params, as_tensors(diff, params)),
-                **recipe.kwargs(),
             )
         finally:
             grads.close()

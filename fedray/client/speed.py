@@ -13,33 +13,19 @@ clients) only, so the same clients are stragglers in sync and async runs with th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fedray.registry import typed
+from fedray.core.config import SpeedConfig
+from fedray.core.registry import typed
 
 KINDS = ("none", "lognormal", "slow_fraction")
 _STREAM = 0x5BEED  # separates this stream from every other use of the run seed
 
 
-@dataclass
-class SpeedConfig:
-    """Simulated client heterogeneity (works in sync and async modes)."""
-
-    kind: str = field(default="none", metadata={"help": "none | lognormal | slow_fraction."})
-    sigma: float = field(default=0.5, metadata={"help": "lognormal: std of log(factor)."})
-    slow_fraction: float = field(
-        default=0.3, metadata={"help": "slow_fraction: share of clients that are slow."}
-    )
-    slowdown: float = field(
-        default=5.0, metadata={"help": "slow_fraction: how many times slower a slow client is."}
-    )
-
-
 def speed_config(node: Any) -> SpeedConfig:
-    """The `speed` node as a SpeedConfig (see :func:`fedray.registry.typed`)."""
+    """The `speed` node as a SpeedConfig (see :func:`fedray.core.registry.typed`)."""
     return typed(SpeedConfig, node, "speed")
 
 

@@ -1,7 +1,15 @@
 """Local training and evaluation of one model in plain torch (no Ray): what a client actor runs.
 
-`fit` performs exactly the W1 recipe (see shared/bench/WORKLOAD.md): seed right before training,
-`torch.randperm(n)` batch order per epoch, a fresh AdamW per call, the model's own loss.
+The training loop is written once, in :meth:`Trainer.fit`. Everything around it comes from
+factories a client rule can replace or wrap: the optimizer (:func:`adamw`), the batch iterator
+(:func:`shuffled_batches`, a torch DataLoader) and a final `wrap(model, optimizer, loader)` that
+may return wrapped versions of all three, which is exactly the shape of
+``opacus.PrivacyEngine.make_private``. The task (:mod:`fedray.tasks`) gives the loss of a batch
+and the sums of an evaluation batch.
+
+With the defaults, `fit` performs exactly the W1 recipe (see shared/bench/WORKLOAD.md): seed
+right before training, `torch.randperm(n)` batch order per epoch, a fresh AdamW per call, the
+model's own loss.
 """
 
 from __future__ import annotations
@@ -9,37 +17,126 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import peft
 import torch
-import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fedray.config import ModelConfig
-from fedray.evaluation import EvalSums, combine
-from fedray.models import get_trainable_state, load_model, set_trainable_state
-from fedray.types import State
+from fedray.core import registry
+from fedray.core.config import ClientConfig, ModelConfig
+from fedray.core.types import State
+from fedray.models import get_trainable_state, set_trainable_state
+from fedray.tasks.base import Batch, Task, add_sums, num_rows
 
 _AMP = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
+ExtraLoss = Callable[[torch.nn.Module], torch.Tensor]
+OptimizerFactory = Callable[[list[torch.nn.Parameter], "Recipe"], torch.optim.Optimizer]
+LoaderFactory = Callable[[dict[str, torch.Tensor], "Recipe"], Iterable[Batch]]
+Wrap = Callable[
+    [torch.nn.Module, torch.optim.Optimizer, Iterable[Batch]],
+    tuple[torch.nn.Module, torch.optim.Optimizer, Iterable[Batch]],
+]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The local optimisation settings of `client.*`."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    max_steps: int = 0
+
+    @classmethod
+    def from_config(cls, client: ClientConfig) -> Recipe:
+        """Read the recipe from the typed `client` config."""
+        return cls(
+            epochs=int(client.epochs),
+            batch_size=int(client.batch_size),
+            lr=float(client.lr),
+            weight_decay=float(client.weight_decay),
+            max_steps=int(client.max_steps),
+        )
+
+
+def adamw(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """The default local optimizer: a fresh AdamW per client and round."""
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+class Columns(Dataset):
+    """A client's samples as named tensors; a batch of rows is one fancy index per column."""
+
+    def __init__(self, columns: dict[str, torch.Tensor]) -> None:
+        self.columns = columns
+        self.n = len(next(iter(columns.values())))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, row: int) -> Batch:
+        return {k: v[row] for k, v in self.columns.items()}
+
+    def __getitems__(self, rows: Any) -> Batch:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return {k: v[index.to(v.device)] for k, v in self.columns.items()}
+
+
+class ShuffledBatches(Sampler[torch.Tensor]):
+    """Batches of `torch.randperm(n)` (the global torch RNG, drawn when an epoch starts)."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        self.n, self.batch_size = n, batch_size
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        perm = torch.randperm(self.n)
+        for i in range(0, self.n, self.batch_size):
+            yield perm[i : i + self.batch_size]
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+
+def _as_batch(batch: Batch) -> Batch:
+    return batch
+
+
+def shuffled_batches(columns: dict[str, torch.Tensor], recipe: Recipe) -> DataLoader:
+    """The default batch iterator: a DataLoader over :class:`Columns` in randperm order.
+
+    The loader's own generator only seeds worker processes (there are none), so iterating it
+    draws nothing from the global torch RNG but the batch order itself.
+    """
+    return DataLoader(
+        Columns(columns),
+        batch_sampler=ShuffledBatches(len(next(iter(columns.values()))), recipe.batch_size),
+        collate_fn=_as_batch,
+        generator=torch.Generator(),
+    )
+
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """int64 tensor on `device`, sharing memory with `array` on CPU (read-only input is fine)."""
+    """A tensor on `device`, sharing memory with `array` on CPU (read-only input is fine)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
-        return torch.from_numpy(np.asarray(array, dtype=np.int64)).to(device)
+        return torch.from_numpy(np.asarray(array)).to(device)
 
 
 class Trainer:
-    """Holds one model (loaded once) and trains / evaluates it on in-memory token arrays."""
+    """Holds one model (loaded once) and trains / evaluates it on in-memory column arrays."""
 
     def __init__(
         self,
         model_cfg: ModelConfig,
-        task: str,
+        task: Task | str,
         num_labels: int | None,
         seed: int,
         device: str = "cpu",
@@ -47,13 +144,15 @@ class Trainer:
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
+        if isinstance(task, str):  # a registered task name
+            task = registry.build("task", {"name": task})
         self.task = task
         self.device = torch.device(device)
-        self.model = load_model(model_cfg, task, num_labels, seed).to(self.device)
+        self.model = task.build_model(model_cfg, num_labels, seed).to(self.device)
         # Mixed precision only on CUDA: fp32 weights, bf16/fp16 autocast; CPU stays float32.
         cuda = self.device.type == "cuda"
         self._amp = _AMP.get(model_cfg.dtype) if cuda else None
-        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     @property
     def uses_loss_scaling(self) -> bool:
@@ -68,16 +167,12 @@ class Trainer:
         """Load a trainable state (e.g. the global one) into the model."""
         set_trainable_state(self.model, state)
 
-    def _inputs(self, data: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-        ids = _tensor(data["input_ids"], self.device)
-        mask = _tensor(data["attention_mask"], self.device)
-        if self.task == "classification":
-            labels = _tensor(data["labels"], self.device)
-        else:  # next-token targets; HF shifts them; padding is ignored
-            labels = ids.masked_fill(mask == 0, -100)
-        return ids, mask, labels
+    def tensors(self, data: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """The columns of `data` as tensors on the model's device."""
+        return {k: _tensor(v, self.device) for k, v in data.items()}
 
-    def _autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager:
+        """The mixed-precision context of forward passes (none on CPU)."""
         return torch.autocast("cuda", dtype=self._amp) if self._amp else nullcontext()
 
     def fit(
@@ -85,48 +180,49 @@ class Trainer:
         data: dict[str, np.ndarray],
         *,
         seed: int,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        weight_decay: float,
-        max_steps: int = 0,
-        extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+        recipe: Recipe,
+        extra_loss: ExtraLoss | None = None,
+        make_optimizer: OptimizerFactory = adamw,
+        make_loader: LoaderFactory = shuffled_batches,
+        wrap: Wrap | None = None,
     ) -> dict[str, float]:
-        """Local training (W1 recipe); `extra_loss(model)` is added to each batch's loss.
+        """Local training; `extra_loss(model)` is added to each batch's task loss.
 
-        Returns the task loss (without `extra_loss`) averaged over batches weighted by their
-        sizes, the optimizer steps, the number of samples held (`n`, the FedAvg weight), seconds.
+        The optimizer and the batch iterator come from the factories, after which `wrap` may
+        replace model, optimizer and iterator (e.g. with opacus' DP-SGD versions). Returns the
+        task loss (without `extra_loss`) averaged over batches weighted by their sizes, the
+        optimizer steps, the number of samples held (`samples`, the FedAvg weight), seconds.
         """
-        ids, mask, labels = self._inputs(data)
-        n = ids.shape[0]
+        columns = self.tensors(data)
+        n = num_rows(data)
         start = time.perf_counter()
         model = self.model
         model.train()
-        optimizer = torch.optim.AdamW(self._params, lr=lr, weight_decay=weight_decay)
+        optimizer = make_optimizer(self.params, recipe)
         scaler = torch.amp.GradScaler("cuda", enabled=self._amp is torch.float16)
         optimizer.zero_grad()
         torch.manual_seed(seed)  # fixes batch order and dropout; nothing may draw before it
+        loader = make_loader(columns, recipe)
+        if wrap is not None:
+            model, optimizer, loader = wrap(model, optimizer, loader)
         steps, seen, loss_sum = 0, 0, 0.0
-        for _ in range(epochs):
-            if max_steps and steps >= max_steps:
+        for _ in range(recipe.epochs):
+            if recipe.max_steps and steps >= recipe.max_steps:
                 break
-            perm = torch.randperm(n)
-            for i in range(0, n, batch_size):
-                if max_steps and steps >= max_steps:
+            for batch in loader:
+                if recipe.max_steps and steps >= recipe.max_steps:
                     break
-                idx = perm[i : i + batch_size].to(self.device)
-                with self._autocast():
-                    task_loss = model(
-                        input_ids=ids[idx], attention_mask=mask[idx], labels=labels[idx]
-                    ).loss
+                rows = num_rows(batch)
+                with self.autocast():
+                    task_loss = self.task.loss(model, batch)
                     loss = task_loss if extra_loss is None else task_loss + extra_loss(model)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
                 steps += 1
-                seen += len(idx)
-                loss_sum += task_loss.item() * len(idx)
+                seen += rows
+                loss_sum += task_loss.item() * rows
         return {
             "loss": loss_sum / max(seen, 1),
             "steps": float(steps),
@@ -135,8 +231,8 @@ class Trainer:
         }
 
     def evaluate(self, data: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, float]:
-        """Classification: accuracy and mean CE; causal LM: token CE, perplexity, accuracy."""
-        return combine([self.eval_sums(data, batch_size)], self.task)
+        """The task's metrics of the current model on `data`."""
+        return self.task.metrics(add_sums([self.eval_sums(data, batch_size)]))
 
     @torch.inference_mode()
     def eval_sums(
@@ -145,30 +241,21 @@ class Trainer:
         batch_size: int = 64,
         start: int = 0,
         stop: int | None = None,
-    ) -> EvalSums:
-        """Summed loss per batch, correct predictions and scored targets over rows [start, stop).
+    ) -> list[dict[str, float]]:
+        """The task's sums per evaluation batch over rows [start, stop), in batch order.
 
-        Batches start at `start`; :func:`fedray.evaluation.shard_rows` gives batch-aligned
+        Batches start at `start`; :func:`fedray.tasks.base.shard_rows` gives batch-aligned
         ranges, so that sharded and whole passes score the same batches.
         """
-        rows = slice(start, stop)
-        ids, mask, labels = self._inputs({k: v[rows] for k, v in data.items()})
+        columns = self.tensors({k: v[start:stop] for k, v in data.items()})
+        n = num_rows(columns)
         self.model.eval()
-        loss_sums: list[float] = []
-        correct, count = 0, 0
-        for i in range(0, ids.shape[0], batch_size):
-            batch = slice(i, i + batch_size)
-            b_ids, b_mask, b_labels = ids[batch], mask[batch], labels[batch]
-            with self._autocast():
-                logits = self.model(input_ids=b_ids, attention_mask=b_mask).logits.float()
-            if self.task == "causal_lm":  # position t predicts token t+1
-                logits, b_labels = logits[:, :-1].flatten(0, 1), b_labels[:, 1:].flatten()
-                keep = b_labels != -100
-                logits, b_labels = logits[keep], b_labels[keep]
-            loss_sums.append(F.cross_entropy(logits, b_labels, reduction="sum").item())
-            correct += int((logits.argmax(-1) == b_labels).sum())
-            count += b_labels.numel()
-        return {"loss_sums": loss_sums, "correct": correct, "count": count}
+        sums = []
+        for i in range(0, n, batch_size):
+            batch = {k: v[i : i + batch_size] for k, v in columns.items()}
+            with self.autocast():
+                sums.append(self.task.eval_batch(self.model, batch))
+        return sums
 
     def export_adapter(self, state: State) -> dict[str, bytes]:
         """`state` in peft format (lora) or HF format (full) as {relative file name: bytes}."""

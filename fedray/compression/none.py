@@ -1,14 +1,12 @@
-"""`compression=none`: the delta travels as float32 arrays."""
+"""`compression=none`: dense float32, the state's values in key order, nothing else."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from fedray.registry import register
-from fedray.strategies.aggregate import nbytes
-from fedray.strategies.base import check_state_keys
-from fedray.types import State
+from fedray.compression.base import Wire, pack_dense, unpack_dense
+from fedray.core.registry import register
+from fedray.core.types import State, StateSpec
 
 
 @dataclass
@@ -20,24 +18,18 @@ class NoCompressionOptions:
 
 @register("compression", "none", NoCompressionOptions)
 class Identity:
-    """The identity codec."""
+    """The identity codec: 4 bytes per value, no framing (both ends know the spec)."""
 
-    reveals_only_sums = False
+    summable = True
+    can_grow_norm = False
 
-    def __init__(self, options: NoCompressionOptions) -> None:
-        self.options = options
+    def __init__(self, options: NoCompressionOptions | None = None) -> None:
+        self.options = options or NoCompressionOptions()
 
-    def encode(self, delta: State, *, client_id: int, round: int) -> State:
-        return delta
+    def encode(
+        self, state: State, *, spec: StateSpec, seed: int, residual: State | None = None
+    ) -> tuple[Wire, None]:
+        return pack_dense(state, spec), None
 
-    def decode(self, payload: State) -> State:
-        return payload
-
-    def nbytes(self, payload: State) -> int:
-        return nbytes(payload)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_state_keys(set(), state, "Identity")
+    def decode(self, payload: Wire, spec: StateSpec) -> State:
+        return unpack_dense(payload, spec)

@@ -8,9 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedray.errors import DataError
+from fedray.core import registry
+from fedray.core.errors import DataError
 
-TASKS = ("classification", "causal_lm")
+
+def needs_labels(task: str) -> bool:
+    """Whether samples of `task` (a registered task name) carry class labels."""
+    return bool(registry.entry("task", task).factory.needs_labels)
 
 
 @dataclass
@@ -22,7 +26,7 @@ class Corpus:
         labels: int64 class index per sample (classification); None for causal_lm.
         groups: Natural owner of each sample (e.g. ``genre/play.md/SPEAKER``), or None.
         label_names: Class names, index = label; None for causal_lm.
-        task: ``"classification"`` or ``"causal_lm"``.
+        task: The registered task the source was read for (``data.task``).
     """
 
     texts: list[str]
@@ -80,3 +84,26 @@ class FederatedData:
         """16 hex digits identifying test set, client lists and a client schedule."""
         payload = [self.test_idx.tolist(), [c.tolist() for c in self.clients], schedule]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EncodedData:
+    """The arrays a task made of the federated data, as every client actor holds them.
+
+    `train` and `test` are columns (name -> array, first dimension = rows); `clients[k]` lists
+    client k's rows of `train` in its training order. Put in Ray's object store once and shared
+    zero-copy by the actors.
+    """
+
+    train: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+    clients: list[np.ndarray]
+
+    def client_batch(self, client_id: int) -> dict[str, np.ndarray]:
+        """The arrays of one client's samples, in its training order."""
+        rows = self.clients[client_id]
+        return {k: v[rows] for k, v in self.train.items()}
+
+    def num_samples(self, client_id: int) -> int:
+        """How many samples a client holds."""
+        return len(self.clients[client_id])

@@ -6,52 +6,51 @@ assigns each training-pool index to at most one client. :func:`partition` create
 list and keeps the first ``max_samples_per_client`` (if > 0), continuing the same rng, and
 rejects clients smaller than ``min_samples_per_client``. Adding a partitioner is one module
 under ``fedray/data/partitioners/`` decorated with :func:`register_partitioner` and listed in
-``_BUILTIN``.
+its package's ``__init__``.
 """
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from fedray.errors import DataError
+from fedray.core import registry
+from fedray.core.config import PartitionConfig
+from fedray.core.errors import ConfigError, DataError
 
 Partitioner = Callable[
     [list[int], np.ndarray | None, list[str] | None, Any, random.Random], list[list[int]]
 ]
 
-PARTITIONERS: dict[str, Partitioner] = {}
 _USES_NUM_CLIENTS: dict[str, bool] = {}
-_BUILTIN = ("dirichlet", "iid", "natural", "quantity", "shard")
 
 
 def register_partitioner(
     name: str, uses_num_clients: bool = True
 ) -> Callable[[Partitioner], Partitioner]:
-    """Decorator: make a partitioner available as ``partition.name=<name>``."""
+    """Decorator: make a partitioner available as ``partition.name=<name>`` (on the registry)."""
 
     def wrap(fn: Partitioner) -> Partitioner:
-        PARTITIONERS[name] = fn
         _USES_NUM_CLIENTS[name] = uses_num_clients
-        return fn
+        return registry.register("partition", name, PartitionConfig)(fn)
 
     return wrap
 
 
+def partitioner_names() -> list[str]:
+    """The registered partitioner names, sorted."""
+    return registry.names("partition")
+
+
 def get_partitioner(name: str) -> Partitioner:
     """The partitioner registered as ``name``; DataError listing the alternatives otherwise."""
-    for module in _BUILTIN:
-        importlib.import_module(f"fedray.data.partitioners.{module}")
     try:
-        return PARTITIONERS[name]
-    except KeyError:
-        raise DataError(
-            f"partition.name={name!r} is unknown; choose one of: {', '.join(sorted(PARTITIONERS))}"
-        ) from None
+        return registry.entry("partition", name).factory
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
 
 
 def require_labels(labels: np.ndarray | None, name: str) -> np.ndarray:

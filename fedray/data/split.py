@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedray.errors import DataError
+from fedray.core.errors import DataError
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:

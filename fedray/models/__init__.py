@@ -4,8 +4,8 @@ Only trainable parameters travel: :func:`get_trainable_state` / :func:`set_train
 peft's functional API for adapters and the plain `state_dict` for full fine-tuning.
 """
 
-from fedray.model_paths import BUILTIN_MODELS, resolve_model_path
 from fedray.models.loading import encode, load_model, load_tokenizer
+from fedray.models.paths import BUILTIN_MODELS, resolve_model_path
 from fedray.models.state import (
     get_trainable_state,
     set_trainable_state,

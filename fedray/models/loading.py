@@ -16,11 +16,12 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from fedray.config import ModelConfig
-from fedray.errors import ModelError
-from fedray.model_paths import first_line, model_key, resolve_model_path
+from fedray.core.config import ModelConfig
+from fedray.core.errors import ModelError
+from fedray.models.paths import first_line, model_key, resolve_model_path
 
-TASKS: dict[str, tuple[Any, peft.TaskType]] = {
+# Model heads by kind: the Auto class and peft's task type (tasks name the head they need).
+HEADS: dict[str, tuple[Any, peft.TaskType]] = {
     "classification": (AutoModelForSequenceClassification, peft.TaskType.SEQ_CLS),
     "causal_lm": (AutoModelForCausalLM, peft.TaskType.CAUSAL_LM),
 }
@@ -84,15 +85,16 @@ def _lora_config(model: torch.nn.Module, cfg: ModelConfig, task_type: peft.TaskT
     )
 
 
-def load_model(cfg: ModelConfig, task: str, num_labels: int | None, seed: int) -> torch.nn.Module:
-    """Pretrained model for `task`, seeded right before loading; peft LoRA if finetune=lora."""
-    if task not in TASKS:
-        raise ModelError(f"task={task!r}: unknown; use one of {list(TASKS)}")
+def load_model(cfg: ModelConfig, head: str, num_labels: int | None, seed: int) -> torch.nn.Module:
+    """Pretrained model with a `head` of :data:`HEADS`, seeded right before loading; peft LoRA
+    if finetune=lora."""
+    if head not in HEADS:
+        raise ModelError(f"model head {head!r}: unknown; use one of {list(HEADS)}")
     if cfg.finetune not in ("lora", "full"):
         raise ModelError(f"model.finetune={cfg.finetune!r}: use lora or full")
-    auto_cls, task_type = TASKS[task]
+    auto_cls, task_type = HEADS[head]
     kwargs: dict[str, Any] = {"dtype": torch.float32}  # fp32 master weights; autocast on CUDA
-    if task == "classification":
+    if head == "classification":
         if not num_labels or num_labels < 2:
             raise ModelError(f"num_labels={num_labels}: classification needs >= 2 classes")
         kwargs["num_labels"] = num_labels
@@ -121,11 +123,9 @@ def load_model(cfg: ModelConfig, task: str, num_labels: int | None, seed: int) -
 
 
 def encode(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, task: str
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
 ) -> dict[str, np.ndarray]:
     """Token ids and attention mask, [N, max_length] int64, padded and truncated."""
-    if task not in TASKS:
-        raise ModelError(f"task={task!r}: unknown; use one of {list(TASKS)}")
     if tokenizer.pad_token is None:
         raise ModelError("tokenizer has no pad token; load it with fedray.models.load_tokenizer")
     out = tokenizer(

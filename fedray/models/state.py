@@ -9,8 +9,8 @@ import numpy as np
 import peft
 import torch
 
-from fedray.errors import ModelError
-from fedray.types import State
+from fedray.core.errors import ModelError
+from fedray.core.types import State
 
 _KEYS: weakref.WeakKeyDictionary[torch.nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
 _DIRECT: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.nn.Parameter] | None] = (

@@ -9,6 +9,10 @@ tests plug in a simulated clock, so staleness counts can be asserted exactly.
 
 Budget: `budget` arrived client jobs (applied, buffered, dropped, failed or rejected alike).
 Every `period` arrivals the loop yields a :class:`Period` report (the async analogue of a round).
+A failed job is retried (up to `max_retries` times, first in the queue, from the then-current
+version) before it counts as failed. Each update passes `screen` (decode and the checks of the
+sync rounds) before it is merged; `accept` sees every applied or buffered update (client state
+and selector feedback), so async mode keeps the sync mode's screening, retries and state.
 """
 
 from __future__ import annotations
@@ -18,9 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fedray.strategies.base import Contribution
-from fedray.strategies.validate import update_problem
-from fedray.types import ClientUpdate, State
+from fedray.core.types import Contribution, State, Update
+from fedray.core.validate import update_problem
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Job:
     client_id: int
     draw: int  # the selection draw it came from (seeds the client's training)
     version: int
+    attempt: int = 0  # retries of this (client, draw) so far
 
 
 @dataclass
@@ -39,9 +43,9 @@ class Arrival:
 
     job: Job
     staleness: int
-    outcome: str  # applied | buffered | dropped | failed | rejected
+    outcome: str  # applied | buffered | dropped | failed | rejected | retried
     error: str | None = None
-    update: ClientUpdate | None = None
+    update: Update | None = None
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Executor(Protocol):
         """Start `job` from `global_state` (the state of version `job.version`)."""
         ...
 
-    def wait(self) -> list[tuple[Job, ClientUpdate | None, str | None]]:
+    def wait(self) -> list[tuple[Job, Update | None, str | None]]:
         """Block until at least one job finished: (job, update or None, error or None)."""
         ...
 
@@ -86,7 +90,9 @@ class AsyncLoop:
         max_staleness: int | None,
         budget: int,
         period: int,
-        decode: Callable[[list[ClientUpdate], int], list[Contribution]] | None = None,
+        max_retries: int = 0,
+        screen: Callable[[Job, Update], Contribution | str] | None = None,
+        accept: Callable[[Job, Update], None] | None = None,
     ) -> None:
         self.strategy = strategy
         self.global_state = global_state
@@ -94,20 +100,22 @@ class AsyncLoop:
         self.max_concurrency = max_concurrency
         self.max_staleness = max_staleness
         self.budget, self.period = budget, period
-        self.decode = decode or _identity_decode
+        self.max_retries = max_retries
+        self.screen = screen or self._plain_screen
+        self.accept = accept or (lambda job, update: None)
         self.version = 0
         self.arrived = 0
         self.draws = 0
-        self.queue: deque[tuple[int, int]] = deque()  # (client id, draw) not yet dispatched
+        self.queue: deque[tuple[int, int, int]] = deque()  # (client id, draw, attempt) to do
         self.inflight: dict[int, Job] = {}
         self.bases: dict[int, State] = {0: global_state}  # versions some in-flight job uses
         self.next_job_id = 0
         self.totals: Counter[str] = Counter()
 
     # -- dispatching -------------------------------------------------------------------------
-    def _next_client(self) -> tuple[int, int]:
+    def _next_client(self) -> tuple[int, int, int]:
         if not self.queue:
-            self.queue.extend((cid, self.draws) for cid in self.select(self.draws))
+            self.queue.extend((cid, self.draws, 0) for cid in self.select(self.draws))
             self.draws += 1
         return self.queue.popleft()
 
@@ -117,20 +125,25 @@ class AsyncLoop:
             len(self.inflight) < self.max_concurrency
             and self.arrived + len(self.inflight) < self.budget
         ):
-            cid, draw = self._next_client()
-            job = Job(self.next_job_id, cid, draw, self.version)
+            cid, draw, attempt = self._next_client()
+            job = Job(self.next_job_id, cid, draw, self.version, attempt)
             self.next_job_id += 1
             self.inflight[job.job_id] = job
             self.bases.setdefault(self.version, self.global_state)
             executor.submit(job, self.global_state)
 
     # -- arrivals ----------------------------------------------------------------------------
-    def complete(self, job: Job, update: ClientUpdate | None, error: str | None) -> Arrival:
+    def complete(self, job: Job, update: Update | None, error: str | None) -> Arrival:
         """Account for one finished job; merge or buffer its update unless stale or invalid."""
         if self.inflight.pop(job.job_id, None) is None:
             raise KeyError(f"job {job.job_id} (client {job.client_id}) is not in flight")
-        self.arrived += 1
         tau = self.version - job.version
+        if update is None and job.attempt < self.max_retries:
+            self.queue.appendleft((job.client_id, job.draw, job.attempt + 1))
+            self.totals["retried"] += 1
+            self._prune()
+            return Arrival(job, tau, "retried", error or "unknown error")
+        self.arrived += 1
         base = self.bases[job.version]
         if update is None:
             arrival = Arrival(job, tau, "failed", error or "unknown error")
@@ -142,12 +155,19 @@ class AsyncLoop:
         self._prune()
         return arrival
 
-    def _merge(self, job: Job, tau: int, base: State, update: ClientUpdate) -> Arrival:
-        (contribution,) = self.decode([update], job.draw)
-        problem = update_problem(contribution.delta, self.global_state)
+    def _plain_screen(self, job: Job, update: Update) -> Contribution | str:
+        """Without a screen: the payload is the delta; the basic checks against the state."""
+        problem = update_problem(update.payload, self.global_state)
         if problem is not None:
-            return Arrival(job, tau, "rejected", f"update rejected: {problem}", update)
+            return f"update rejected: {problem}"
+        return Contribution(update.client_id, update.payload, update.num_samples, update.extra)
+
+    def _merge(self, job: Job, tau: int, base: State, update: Update) -> Arrival:
+        contribution = self.screen(job, update)
+        if isinstance(contribution, str):
+            return Arrival(job, tau, "rejected", contribution, update)
         new = self.strategy.apply(self.global_state, base, contribution, tau)
+        self.accept(job, update)
         if new is None:
             return Arrival(job, tau, "buffered", update=update)
         self.global_state = new
@@ -166,7 +186,10 @@ class AsyncLoop:
         while self.arrived < self.budget:
             self.fill(executor)
             for job, update, error in executor.wait():
-                report.arrivals.append(self.complete(job, update, error))
+                arrival = self.complete(job, update, error)
+                report.arrivals.append(arrival)
+                if arrival.outcome == "retried":
+                    continue
                 if self.arrived % self.period == 0 or self.arrived == self.budget:
                     report.version = self.version
                     yield report
@@ -176,7 +199,9 @@ class AsyncLoop:
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything but in-flight work, which a resumed run re-queues (first) and redoes."""
-        lost = [(j.client_id, j.draw) for j in sorted(self.inflight.values(), key=_job_id)]
+        lost = [
+            (j.client_id, j.draw, j.attempt) for j in sorted(self.inflight.values(), key=_job_id)
+        ]
         return {
             "version": self.version,
             "arrived": self.arrived,
@@ -193,7 +218,7 @@ class AsyncLoop:
             raise KeyError(f"AsyncLoop.load_state_dict: expected {sorted(expected)}")
         self.version, self.arrived = int(state["version"]), int(state["arrived"])
         self.draws, self.next_job_id = int(state["draws"]), int(state["next_job_id"])
-        self.queue = deque((int(c), int(d)) for c, d in state["queue"])
+        self.queue = deque((int(c), int(d), int(a)) for c, d, a in state["queue"])
         self.totals = Counter(state["totals"])
         self.inflight = {}
         self.bases = {self.version: self.global_state}
@@ -201,7 +226,3 @@ class AsyncLoop:
 
 def _job_id(job: Job) -> int:
     return job.job_id
-
-
-def _identity_decode(updates: list[ClientUpdate], draw: int) -> list[Contribution]:
-    return [Contribution(u.client_id, u.payload, u.num_samples) for u in updates]

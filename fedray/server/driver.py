@@ -1,8 +1,9 @@
-"""The coordinator: a driver actor that runs the round loop over a pool of client actors.
+"""The coordinator: a driver actor that starts the client actors, resumes or creates the run's
+state, and runs the sync or async scheduler over the round protocol, streaming typed events
+(:mod:`fedray.core.events`) to the process that started it, which prints and records them.
 
-The driver knows rounds, clients, actors and the strategy. It does not know which codec or
-privacy mechanism is on: it calls the pipeline's server half and nothing else. It streams one
-event per round to the caller (the CLI), which prints progress and records it in MLflow.
+The driver is pinned to the node of that process, so its checkpoints land where `fedray resume`
+looks for them, on a cluster too.
 """
 
 from __future__ import annotations
@@ -11,25 +12,25 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
 import ray
-from omegaconf import DictConfig, OmegaConf
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedray import registry
-from fedray.checkpoint import DriverState, load_checkpoint, save_checkpoint
-from fedray.errors import QuorumError
-from fedray.evaluation import combine
+from fedray.core import registry
+from fedray.core.checkpoint import DriverState, load_checkpoint, save_checkpoint
+from fedray.core.config import FedrayConfig
+from fedray.core.context import RunContext
+from fedray.core.errors import BudgetExhausted
+from fedray.core.events import Done, Evaluated, Event, Ready
 from fedray.pipeline import Pipeline
-from fedray.seeding import client_seed
-from fedray.server import hooks
-from fedray.server.pool import ActorPool, Outcome
-from fedray.server.retry import quorum_shortfall, run_with_retries, screen
-from fedray.types import ClientUpdate, State
+from fedray.server.asynchronous import run_async
+from fedray.server.pool import ActorPool
+from fedray.server.protocol import RoundProtocol
+from fedray.server.sync import run_round
 
 
-def actor_count(cfg: DictConfig) -> int:
+def actor_count(spec: FedrayConfig) -> int:
     """Client actors to start: `client.num_actors`, or as many slots as the cluster fits."""
-    c = cfg.client
+    c = spec.client
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     if c.num_cpus > cpus:
@@ -41,220 +42,116 @@ def actor_count(cfg: DictConfig) -> int:
     fit = int(cpus // c.num_cpus)
     if c.num_gpus > 0:
         fit = min(fit, int(gpus // c.num_gpus + 1e-9))
-    return max(1, min(fit, cfg.mode.clients_per_round))
+    return max(1, min(fit, spec.mode.clients_per_round))
 
 
 class Driver:
-    """Runs a synchronous federated experiment. Wrapped by ``ray.remote`` in :func:`start`."""
+    """Runs one federated experiment. Wrapped by ``ray.remote`` in :func:`start`."""
 
     def __init__(
         self,
-        cfg: dict[str, Any],
+        spec: FedrayConfig,
         data: list[ray.ObjectRef],
-        num_clients: int,
-        task: str,
+        client_sizes: list[int],
         num_labels: int | None,
         checkpoint_dir: str | None = None,
     ) -> None:
-        self.cfg = OmegaConf.create(cfg)
+        self.spec = spec
         self.data_ref = data[0]
-        self.num_clients = num_clients
-        self.task, self.num_labels = task, num_labels
+        self.num_labels = num_labels
         self.checkpoint_dir = checkpoint_dir
-        self.strategy = registry.build("algorithm", self.cfg.algorithm)
-        hooks.setup(self.strategy, num_clients=num_clients)
-        sizes = [len(rows) for rows in ray.get(self.data_ref).clients]
+        num_clients = len(client_sizes)
+        self.strategy = registry.build("algorithm", spec.algorithm)
+        self.strategy.setup(num_clients=num_clients)
         self.selector = registry.build(
             "selection",
-            self.cfg.selection,
+            spec.selection,
             num_clients=num_clients,
-            seed=self.cfg.seed,
-            client_sizes=sizes,
+            seed=spec.seed,
+            client_sizes=client_sizes,
         )
-        self.pipeline = Pipeline.from_config(self.cfg)
+        self.pipeline = Pipeline.from_spec(spec)
+        self.task = registry.build("task", {"name": spec.data.task})
+        self.context = RunContext(
+            population=num_clients,
+            cohort_size=spec.mode.clients_per_round,
+            sampling=self.selector.sampling,
+            rounds=spec.mode.rounds,
+            seed=spec.seed,
+            mode=spec.mode.name,
+        )
+        self.pipeline.mechanism.setup(self.context)
         self.pool: ActorPool | None = None
 
     def _start_pool(self) -> list[dict[str, Any]]:
-        from fedray.client.actor import ClientWorker
+        from fedray.client.actor import ActorSpec, ClientWorker
 
-        c = self.cfg.client
+        c = self.spec.client
         remote_cls = ray.remote(ClientWorker).options(num_cpus=c.num_cpus, num_gpus=c.num_gpus)
-        cfg = OmegaConf.to_container(self.cfg, resolve=True)
+        actor_spec = ActorSpec(self.spec, self.num_labels, self.strategy.client_rule())
 
         def make() -> Any:
-            return remote_cls.remote(cfg, self.data_ref, self.task, self.num_labels)
+            return remote_cls.remote(actor_spec, self.data_ref)
 
-        self.pool = ActorPool(make, actor_count(self.cfg))
+        self.pool = ActorPool(make, actor_count(self.spec))
         return self.pool.wait_ready()
 
-    def _start(self, resume: bool) -> tuple[DriverState, dict[str, Any]]:
-        """Start the actors, then resume or create the state: (state, the `ready` event)."""
+    def _start(self, resume: bool) -> tuple[DriverState, Ready]:
+        """Start the actors, then resume or create the state."""
         t0 = time.perf_counter()
         actors = self._start_pool()
         assert self.pool is not None
         state = self._resume_state() if resume else None
         if state is None:
             state = DriverState(round=0, global_state=self.pool.call("initial_state"))
-        return state, {
-            "event": "ready",
-            "actors": actors,
-            "startup_s": time.perf_counter() - t0,
-            "start_round": state.round + 1,
-            "num_clients": self.num_clients,
-        }
+        ready = Ready(actors, time.perf_counter() - t0, state.round + 1, self.context.population)
+        return state, ready
 
-    def evaluate(self, global_state: State) -> dict[str, float]:
-        """Test metrics of `global_state`, the test set sharded over every client actor.
-
-        The state is put in the object store once; the metrics do not depend on the number
-        of actors (see :mod:`fedray.evaluation`).
-        """
-        assert self.pool is not None
-        ref = ray.put(global_state)
-        return combine(self.pool.call_each("evaluate_shard", ref), self.task)
-
-    def _initial_event(self, state: DriverState) -> dict[str, Any] | None:
-        """The round-0 evaluation (`mode.eval_initial`) of a run that has not started yet."""
-        if not (self.cfg.mode.eval_initial and state.round == 0):
-            return None
-        assert self.pool is not None
-        ev = self.evaluate(state.global_state)
-        return {"event": "initial", "round": 0, **{f"eval_{k}": v for k, v in ev.items()}}
-
-    def run(self, resume: bool = False) -> Iterator[dict[str, Any]]:
-        """The sync loop; yields a `ready` event, one `round` event per round, then `done`."""
+    def run(self, resume: bool = False) -> Iterator[Event]:
+        """The experiment: `Ready`, maybe `Evaluated` (round 0), a `RoundEnd` per round, `Done`."""
         state, ready = self._start(resume)
         assert self.pool is not None
         yield ready
+        protocol = RoundProtocol(
+            self.spec,
+            self.pool,
+            self.strategy,
+            self.selector,
+            self.pipeline,
+            self.task,
+            self.context,
+            state.client_states,
+        )
+        stop = None
         try:
-            if (initial := self._initial_event(state)) is not None:
-                yield initial
-            for rnd in range(state.round + 1, self.cfg.mode.rounds + 1):
-                metrics = self._round(rnd, state)
-                state.round = rnd
-                self._maybe_checkpoint(state)
-                yield metrics
-            files = self.pool.call("export", state.global_state) if self._export() else None
-            yield {"event": "done", "model_files": files, "actors_replaced": self.pool.replaced}
+            if self.spec.mode.eval_initial and state.round == 0:
+                yield Evaluated(protocol.evaluate(state.global_state))
+            try:
+                if self.spec.mode.name == "async":
+                    for loop, end in run_async(protocol, state.global_state, state.loop):
+                        state.round, state.global_state = end.round, loop.global_state
+                        state.loop = loop.state_dict()
+                        self._maybe_checkpoint(state)
+                        yield end
+                else:
+                    for rnd in range(state.round + 1, self.spec.mode.rounds + 1):
+                        state.global_state, end = run_round(protocol, rnd, state.global_state)
+                        state.round = rnd
+                        self._maybe_checkpoint(state)
+                        yield end
+            except BudgetExhausted as exc:  # a clean end before an unaffordable round
+                stop = str(exc)
+                self._maybe_checkpoint(state, force=True)
+            export = self.spec.tracking.enabled and self.spec.tracking.log_model
+            files = self.pool.call("export", state.global_state) if export else None
+            yield Done(files, self.pool.replaced, stop)
         finally:
             self.pool.shutdown()
 
-    def _export(self) -> bool:
-        return bool(self.cfg.tracking.enabled and self.cfg.tracking.log_model)
-
-    def _round(self, rnd: int, state: DriverState) -> dict[str, Any]:
-        assert self.pool is not None
-        start = time.perf_counter()
-        m = self.cfg.mode
-        selected = self.selector.select(rnd, m.clients_per_round)
-        global_state: State = state.global_state
-        sent = hooks.shared_state(self.strategy, global_state)
-        extra = hooks.broadcast(self.strategy, global_state)
-        global_ref = ray.put(sent)  # one object per round, shared by every client
-        extra_ref = None if extra is None else ray.put(extra)
-
-        def submit(actor: Any, cid: int, attempt: int) -> ray.ObjectRef:
-            seed = client_seed(
-                self.cfg.seed, rnd, cid, self.cfg.client.seed_scheme, self.cfg.client.round_stride
-            )
-            return actor.train.remote(
-                rnd,
-                cid,
-                seed,
-                global_ref,
-                state.client_states.get(cid),
-                extra_ref,
-                attempt=attempt,
-            )
-
-        calls = run_with_retries(
-            self.pool,
-            selected,
-            submit,
-            timeout_s=m.client_timeout_s,
-            max_retries=m.max_retries,
-            deadline_s=m.round_deadline_s,
-        )
-        outcomes = calls.outcomes
-        updates = sorted(calls.values, key=lambda u: u.client_id)
-        failures = list(calls.failures)
-        contributions, rejected = screen(
-            self.pipeline.server(updates, round=rnd), sent, m.max_norm_ratio
-        )
-        hooks.attach_extras(contributions, updates)
-        failures += [(cid, f"update rejected: {why}") for cid, why in rejected]
-        shortfall = quorum_shortfall(
-            rnd, len(contributions), len(selected), m.min_clients, failures
-        )
-        if shortfall is None:
-            try:
-                state.global_state = self.strategy.aggregate(global_state, contributions)
-            except ValueError as exc:
-                shortfall = (
-                    f"round {rnd}: algorithm={self.cfg.algorithm.name} cannot aggregate "
-                    f"{len(contributions)} updates: {exc}; raise mode.min_clients accordingly"
-                )
-        if shortfall is not None and m.on_quorum_loss == "stop":
-            raise QuorumError(f"{shortfall}; or set mode.on_quorum_loss=skip")
-        ok = set() if shortfall else {c.client_id for c in contributions}
-        updates = [u for u in updates if u.client_id in ok]
-        for u in updates:
-            if u.client_state is not None:
-                state.client_states[u.client_id] = u.client_state
-        self.selector.observe(rnd, hooks.losses(updates))
-        metrics = self._round_metrics(rnd, selected, updates, failures, outcomes, sent)
-        metrics["bytes_down"] += hooks.extra_nbytes(extra) * len(outcomes)
-        metrics.update(hooks.personal_metrics(updates))
-        metrics.update(
-            clients_failed=len(selected) - len(updates),
-            client_errors=len(calls.failures),
-            retries=calls.retries,
-            calls_lost=calls.calls_lost,
-            updates_rejected=len(rejected),
-            round_skipped=int(shortfall is not None),
-            clients_late=sum(o.late for o in outcomes),  # past mode.round_deadline_s
-        )
-        if rnd % m.eval_every == 0 or rnd == m.rounds:
-            ev = self.evaluate(state.global_state)
-            metrics.update({f"eval_{k}": v for k, v in ev.items()})
-        metrics["round_s"] = time.perf_counter() - start
-        metrics["driver_rss_mb"] = psutil.Process().memory_info().rss / 2**20
-        return metrics
-
-    def _round_metrics(
-        self,
-        rnd: int,
-        selected: list[int],
-        updates: list[ClientUpdate],
-        failures: list[tuple[int, str]],
-        outcomes: list[Outcome],
-        global_state: State,
-    ) -> dict[str, Any]:
-        n = sum(u.num_samples for u in updates)
-        loss = sum(u.metrics.get("loss", 0.0) * u.num_samples for u in updates) / max(n, 1)
-        return {
-            "event": "round",
-            "round": rnd,
-            "selected": selected,
-            "clients": len(selected),
-            "clients_ok": len(updates),
-            "clients_failed": len(failures),
-            "failures": failures,
-            "train_loss": loss,
-            "train_samples": n,
-            "bytes_down": self.pipeline.down_nbytes(global_state) * len(outcomes),
-            "bytes_up": sum(u.nbytes_up for u in updates),
-            "client_compute_s": sum(u.metrics.get("compute_s", 0.0) for u in updates),
-            **self.pipeline.metrics(),
-        }
-
-    def _maybe_checkpoint(self, state: DriverState) -> None:
-        every = self.cfg.mode.checkpoint_every
-        if (
-            self.checkpoint_dir
-            and every > 0
-            and (state.round % every == 0 or state.round == self.cfg.mode.rounds)
-        ):
+    def _maybe_checkpoint(self, state: DriverState, force: bool = False) -> None:
+        every = self.spec.mode.checkpoint_every
+        due = every > 0 and (state.round % every == 0 or state.round == self.spec.mode.rounds)
+        if self.checkpoint_dir and (due or (force and every > 0)):
             state.strategy = self.strategy.state_dict()
             state.selector = self.selector.state_dict()
             state.pipeline = self.pipeline.state_dict()
@@ -273,23 +170,17 @@ class Driver:
 
 
 def start(
-    cfg: DictConfig,
+    spec: FedrayConfig,
     data_ref: ray.ObjectRef,
-    num_clients: int,
-    task: str,
+    client_sizes: list[int],
     num_labels: int | None,
     checkpoint_dir: str | None = None,
 ) -> Any:
-    """Start the driver actor (no CPU reserved: it mostly waits on the client actors)."""
-    from fedray.server.async_driver import AsyncDriver
-
-    cls = AsyncDriver if cfg.mode.name == "async" else Driver
-    remote_cls = ray.remote(cls).options(num_cpus=0, max_concurrency=1)
-    return remote_cls.remote(
-        OmegaConf.to_container(cfg, resolve=True),
-        [data_ref],
-        num_clients,
-        task,
-        num_labels,
-        checkpoint_dir,
+    """Start the driver actor on this node (no CPU reserved: it mostly waits on the clients)."""
+    here = ray.get_runtime_context().get_node_id()
+    remote_cls = ray.remote(Driver).options(
+        num_cpus=0,
+        max_concurrency=1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
     )
+    return remote_cls.remote(spec, [data_ref], client_sizes, num_labels, checkpoint_dir)

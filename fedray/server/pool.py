@@ -1,8 +1,16 @@
-"""A pool of client actors: health flags, bounded in-flight calls, results-or-errors.
+"""A pool of client actors: an id-keyed table with health flags, an in-flight cap per actor,
+jobs in and results-or-errors out.
 
-The pool never raises for a client's failure: it returns the error and lets the driver decide
-what it means. An actor that dies is replaced (the replacement reloads the model once); the
-jobs it held come back as failures, marked so the caller can retry them.
+One API serves every caller: :meth:`ActorPool.submit` queues a job (optionally pinned to one
+actor), :meth:`ActorPool.poll` dispatches queued jobs to actors with room and returns the
+outcomes that finished, :meth:`ActorPool.drain` abandons what is left (a round deadline). The
+sync and async schedulers, evaluation and the round trips of multi-phase mechanisms all use it.
+
+The pool never raises for a client's failure: it returns the error and lets the caller decide
+what it means. An actor that dies (or hangs past a job's timeout) is replaced and marked
+unhealthy until the replacement has loaded its model; the jobs it held come back as failures
+(``actor_lost``) so the caller can retry them. The design follows RLlib's
+FaultTolerantActorManager: health flags, a cap on in-flight calls per actor, results or errors.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +26,10 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from fedray.errors import FedrayError
+from fedray.core.errors import FedrayError
+
+Call = Callable[[Any], ray.ObjectRef]
+"""How to start a job on an actor handle: ``lambda actor: actor.method.remote(...)``."""
 
 
 @dataclass
@@ -29,7 +40,32 @@ class Outcome:
     value: Any = None
     error: str | None = None
     actor_lost: bool = False
-    late: bool = False  # abandoned at the round deadline (its result is never read)
+    late: bool = False  # abandoned by :meth:`ActorPool.drain` (its result is never read)
+    actor: int = -1  # the actor it ran on (-1: it never started)
+
+
+@dataclass
+class _Job:
+    job: Any
+    call: Call
+    actor: int | None  # pinned to this actor, or None: any healthy actor
+    timeout_s: float
+
+
+@dataclass
+class _Running:
+    job: _Job
+    actor: int
+    started: float
+    handle: Any  # the handle it was started on (a replaced actor's jobs stay bound to it)
+
+
+@dataclass(eq=False)
+class _Token:
+    """Marks a job of one :meth:`ActorPool.run_all` call (compared by identity)."""
+
+    index: int
+    job: Any
 
 
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
@@ -63,12 +99,27 @@ class ActorPool:
     def __init__(self, make_actor: Callable[[], Any], size: int, max_inflight: int = 2) -> None:
         self.make_actor = make_actor
         self.max_inflight = max_inflight
-        self.actors: list[Any] = [make_actor() for _ in range(size)]
+        self.actors: dict[int, Any] = {i: make_actor() for i in range(size)}
+        self.healthy: dict[int, bool] = dict.fromkeys(self.actors, True)  # calls queue behind
+        # a constructor; a replacement is unhealthy until its `ready` call returns
         self.replaced = 0
-        # non-barrier API (submit / next_completed): calls that outlive one method call
-        self._inflight: dict[ray.ObjectRef, tuple[Any, int, float]] = {}
-        self._load = [0] * size
+        self._load: dict[int, int] = dict.fromkeys(self.actors, 0)
+        self._queue: deque[_Job] = deque()
+        self._running: dict[ray.ObjectRef, _Running] = {}
+        self._starting: dict[ray.ObjectRef, int] = {}
+        self._stash: list[Outcome] = []  # other jobs' outcomes that finished during run_all
 
+    @property
+    def size(self) -> int:
+        """Number of actors."""
+        return len(self.actors)
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted whose outcome :meth:`poll` has not returned yet."""
+        return len(self._queue) + len(self._running) + len(self._stash)
+
+    # -- actors ----------------------------------------------------------------------------
     def wait_ready(self) -> list[dict[str, Any]]:
         """Block until every actor has loaded its model; returns where each runs.
 
@@ -76,177 +127,218 @@ class ActorPool:
         raise FedrayError with the constructor's own one-line message.
         """
         try:
-            return ray.get([a.ready.remote() for a in self.actors])
+            info = ray.get([a.ready.remote() for a in self.actors.values()])
         except RayActorError as exc:
             raise FedrayError(f"client actor failed to start: {creation_error(exc)}") from None
+        self.healthy = dict.fromkeys(self.actors, True)
+        self._starting.clear()
+        return info
 
     def _replace(self, idx: int) -> None:
+        """A new actor in slot `idx`; unhealthy until its `ready` call returns."""
         with suppress(Exception):  # already dead
             ray.kill(self.actors[idx], no_restart=True)
         self.actors[idx] = self.make_actor()
+        self.healthy[idx] = False
+        self._load[idx] = 0
+        self._starting[self.actors[idx].ready.remote()] = idx
         self.replaced += 1
 
-    def run(
-        self,
-        jobs: Iterable[Any],
-        submit: Callable[[Any, Any], ray.ObjectRef],
-        timeout_s: float = 0.0,
-        deadline_s: float = 0.0,
-    ) -> list[Outcome]:
-        """Run every job as `submit(actor, job)`; outcomes in completion order.
+    def _lose(self, idx: int, handle: Any) -> None:
+        """Slot `idx` lost `handle`: replace it unless that already happened."""
+        if self.actors.get(idx) is handle:
+            self._replace(idx)
 
-        A job running longer than `timeout_s` (0: no limit) fails with a timeout, and its actor
-        is replaced, since a hung call cannot be interrupted from outside. Jobs not done
-        `deadline_s` (0: no deadline) after the call began come back `late`, unread: a queued
-        call is cancelled, a running one finishes on its actor and its result is dropped.
+    # -- jobs ------------------------------------------------------------------------------
+    def submit(
+        self, job: Any, call: Call, *, actor: int | None = None, timeout_s: float = 0.0
+    ) -> None:
+        """Queue `call` (started on an actor by :meth:`poll`), pinned to `actor` if given.
+
+        `timeout_s` (0: none) limits the job once started: past it, the job fails with a
+        timeout and its actor is replaced (a running call cannot be interrupted).
         """
-        end = time.monotonic() + deadline_s if deadline_s > 0 else None
-        pending = deque(jobs)
-        inflight: dict[ray.ObjectRef, tuple[Any, int, float]] = {}
-        load = [0] * len(self.actors)
-        outcomes: list[Outcome] = []
-        while pending or inflight:
-            for idx in range(len(self.actors)):
-                while pending and load[idx] < self.max_inflight:
-                    job = pending.popleft()
-                    ref = submit(self.actors[idx], job)
-                    inflight[ref] = (job, idx, time.monotonic())
-                    load[idx] += 1
-            wait_s = None if timeout_s <= 0 else max(0.05, timeout_s / 10)
-            if end is not None:
-                left = end - time.monotonic()
-                if left <= 0:
-                    outcomes += self._abandon(pending, inflight, deadline_s)
-                    break
-                wait_s = left if wait_s is None else min(wait_s, left)
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+        if actor is not None and actor not in self.actors:
+            raise KeyError(f"no actor {actor} in a pool of {self.size}")
+        self._queue.append(_Job(job, call, actor, timeout_s))
+        self._dispatch()
+
+    def _free(self, idx: int) -> bool:
+        return self._load[idx] < self.max_inflight
+
+    def _dispatch(self) -> None:
+        """Start queued jobs, in order, on actors with room (least loaded first)."""
+        waiting: deque[_Job] = deque()
+        while self._queue:
+            job = self._queue.popleft()
+            if job.actor is not None:
+                idx = job.actor if self._free(job.actor) else None
+            else:
+                # least loaded first (a replacement still loading its model counts as empty:
+                # calls wait behind its constructor, and their timeout starts once it is ready)
+                free = [i for i in self.actors if self._free(i)]
+                idx = (
+                    min(free, key=lambda i: (self._load[i], not self.healthy[i])) if free else None
+                )
+            if idx is None:
+                waiting.append(job)
+                continue
+            handle = self.actors[idx]
+            self._running[job.call(handle)] = _Running(job, idx, time.monotonic(), handle)
+            self._load[idx] += 1
+        self._queue = waiting
+
+    def poll(self, timeout_s: float | None = None) -> list[Outcome]:
+        """Wait until some job finished (at most `timeout_s`; None: until one did) and return
+        every outcome available now, timeouts included; [] when nothing finished in time."""
+        if self._stash:
+            outcomes, self._stash = self._stash, []
+            return outcomes
+        end = None if timeout_s is None else time.monotonic() + timeout_s
+        outcomes = []
+        while True:
+            self._dispatch()
+            if not (self._running or self._starting):
+                if self._queue:
+                    raise FedrayError("jobs are queued but no client actor can take them")
+                break
+            refs = [*self._running, *self._starting]
+            ready, _ = ray.wait(refs, num_returns=1, timeout=self._wait_s(end))
+            if ready:  # and whatever else is done by now
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
-                job, idx, _ = inflight.pop(ref)
-                if idx >= 0:
-                    load[idx] -= 1
-                outcomes.append(self._collect(ref, job, idx, inflight, load))
-            if timeout_s > 0:
-                self._expire(inflight, load, outcomes, timeout_s)
+                if ref in self._starting:
+                    self._started(ref)
+                else:
+                    outcomes.append(self._collect(ref))
+            outcomes += self._expire()
+            if outcomes or (end is not None and time.monotonic() >= end):
+                break
+        self._dispatch()
         return outcomes
 
-    @staticmethod
-    def _abandon(
-        pending: deque[Any], inflight: dict[ray.ObjectRef, tuple[Any, int, float]], after_s: float
-    ) -> list[Outcome]:
-        """Late outcomes for every unfinished job; queued calls are cancelled."""
-        why = f"past the {after_s:g} s round deadline"
-        for ref in inflight:
+    def _wait_s(self, end: float | None) -> float | None:
+        """How long one ray.wait may block: until the deadline or the nearest job timeout."""
+        now = time.monotonic()
+        limits = [
+            r.started + r.job.timeout_s - now
+            for r in self._running.values()
+            if r.job.timeout_s > 0 and self.healthy[r.actor]
+        ]
+        if end is not None:
+            limits.append(end - now)
+        return max(0.0, min(limits)) if limits else None
+
+    def _started(self, ref: ray.ObjectRef) -> None:
+        idx = self._starting.pop(ref)
+        try:
+            ray.get(ref)
+        except RayActorError as exc:
+            raise FedrayError(f"client actor failed to restart: {creation_error(exc)}") from None
+        self.healthy[idx] = True
+        now = time.monotonic()
+        for run in self._running.values():  # their timeout starts now, not at dispatch
+            if run.actor == idx and run.handle is self.actors[idx]:
+                run.started = now
+
+    def _collect(self, ref: ray.ObjectRef) -> Outcome:
+        run = self._running.pop(ref)
+        if self.actors.get(run.actor) is run.handle:
+            self._load[run.actor] -= 1
+        try:
+            return Outcome(run.job.job, value=ray.get(ref), actor=run.actor)
+        except RayActorError as exc:
+            self._lose(run.actor, run.handle)  # first news of this death: replace the actor
+            error = f"actor lost: {error_line(exc)}"
+            return Outcome(run.job.job, error=error, actor_lost=True, actor=run.actor)
+        except RayTaskError as exc:
+            return Outcome(run.job.job, error=error_line(exc), actor=run.actor)
+
+    def _expire(self) -> list[Outcome]:
+        """Fail the jobs running past their timeout; replace their actors."""
+        now, out = time.monotonic(), []
+        for ref, run in list(self._running.items()):
+            limit = run.job.timeout_s
+            starting = not self.healthy[run.actor] and run.handle is self.actors[run.actor]
+            if limit > 0 and not starting and now - run.started > limit:
+                del self._running[ref]
+                out.append(
+                    Outcome(run.job.job, error=f"timeout after {limit:g} s", actor=run.actor)
+                )
+                self._lose(run.actor, run.handle)
+        return out
+
+    def drain(self, why: str) -> list[Outcome]:
+        """Abandon every queued and running job: `late` outcomes, never read.
+
+        Queued calls are cancelled; a running one finishes on its actor (a running Ray call
+        cannot be interrupted), which keeps that actor busy until then.
+        """
+        late = [Outcome(j.job, error=why, late=True) for j in self._queue]
+        for ref, run in self._running.items():
             with suppress(Exception):  # already finished or not cancellable: result unread
                 ray.cancel(ref)
-        late = [Outcome(job, error=why, late=True) for job, _, _ in inflight.values()]
-        late += [Outcome(job, error=why, late=True) for job in pending]
-        inflight.clear()
-        pending.clear()
+            if self.actors.get(run.actor) is run.handle:
+                self._load[run.actor] -= 1
+            late.append(Outcome(run.job.job, error=why, late=True, actor=run.actor))
+        self._queue.clear()
+        self._running.clear()
         return late
 
-    def submit(self, job: Any, submit: Callable[[Any, Any], ray.ObjectRef]) -> None:
-        """Non-barrier: start `submit(actor, job)` on the least-loaded actor now."""
-        idx = min(range(len(self.actors)), key=self._load.__getitem__)
-        self._inflight[submit(self.actors[idx], job)] = (job, idx, time.monotonic())
-        self._load[idx] += 1
+    def run_all(self, jobs: list[tuple[Any, Call, int | None]]) -> list[Outcome]:
+        """Submit (job, call, actor) triples and wait for all; outcomes in submission order.
 
-    @property
-    def in_flight(self) -> int:
-        """Jobs started with :meth:`submit` whose outcome :meth:`next_completed` has not given."""
-        return len(self._inflight)
-
-    def next_completed(self, timeout_s: float = 0.0) -> list[Outcome]:
-        """Block until a submitted job finished; its outcome (and any finished beside it).
-
-        `timeout_s` is the per-job limit, as in :meth:`run` (0: none).
+        Jobs submitted earlier keep running; their outcomes are kept for the next :meth:`poll`.
         """
-        outcomes: list[Outcome] = []
-        while self._inflight and not outcomes:
-            wait_s = None if timeout_s <= 0 else max(0.05, timeout_s / 10)
-            ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=wait_s)
-            for ref in ready:
-                job, idx, _ = self._inflight.pop(ref)
-                if idx >= 0:
-                    self._load[idx] -= 1
-                outcomes.append(self._collect(ref, job, idx, self._inflight, self._load))
-            if timeout_s > 0:
-                self._expire(self._inflight, self._load, outcomes, timeout_s)
-        return outcomes
+        tokens = [_Token(i, job) for i, (job, _, _) in enumerate(jobs)]
+        for token, (_, call, actor) in zip(tokens, jobs, strict=True):
+            self.submit(token, call, actor=actor)
+        mine: dict[int, Outcome] = {}
+        while len(mine) < len(jobs):
+            stash, self._stash = self._stash, []
+            for o in self.poll():
+                token = o.job
+                if isinstance(token, _Token) and token in tokens:
+                    o.job = token.job
+                    mine[token.index] = o
+                else:
+                    stash.append(o)
+            self._stash = stash + self._stash
+        return [mine[i] for i in range(len(jobs))]
 
-    def call_least_loaded(self, method: str, *args: Any) -> Any:
-        """Call `method` on the actor with the fewest submitted jobs (e.g. evaluation)."""
-        idx = min(range(len(self.actors)), key=self._load.__getitem__)
-        return ray.get(getattr(self.actors[idx], method).remote(*args))
-
-    def _collect(
-        self,
-        ref: ray.ObjectRef,
-        job: Any,
-        idx: int,
-        inflight: dict[ray.ObjectRef, tuple[Any, int, float]],
-        load: list[int],
-    ) -> Outcome:
-        try:
-            return Outcome(job, value=ray.get(ref))
-        except RayActorError as exc:
-            if idx >= 0:  # first news of this death: replace the actor
-                self._drop_actor(idx, inflight, load)
-            return Outcome(job, error=f"actor lost: {error_line(exc)}", actor_lost=True)
-        except RayTaskError as exc:
-            return Outcome(job, error=error_line(exc))
-
-    def _drop_actor(
-        self, idx: int, inflight: dict[ray.ObjectRef, tuple[Any, int, float]], load: list[int]
-    ) -> None:
-        """Replace actor `idx`; its other in-flight calls stay tracked and fail on their own."""
-        self._replace(idx)
-        for ref, (job, i, started) in list(inflight.items()):
-            if i == idx:  # bound to the dead handle; they will raise RayActorError
-                inflight[ref] = (job, -1, started)
-        load[idx] = 0
-
-    def _expire(
-        self,
-        inflight: dict[ray.ObjectRef, tuple[Any, int, float]],
-        load: list[int],
-        outcomes: list[Outcome],
-        timeout_s: float,
-    ) -> None:
-        now = time.monotonic()
-        for ref, (job, idx, started) in list(inflight.items()):
-            if now - started > timeout_s and idx >= 0:
-                inflight.pop(ref)
-                outcomes.append(Outcome(job, error=f"timeout after {timeout_s:g} s"))
-                self._drop_actor(idx, inflight, load)
-
-    def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
-        """Call `method` on the first actor (used for evaluation and export)."""
-        try:
-            return ray.get(getattr(self.actors[0], method).remote(*args), timeout=timeout_s)
-        except (RayActorError, GetTimeoutError):
-            self._replace(0)
-            return ray.get(getattr(self.actors[0], method).remote(*args), timeout=timeout_s)
-
-    def call_each(self, method: str, *args: Any) -> list[Any]:
-        """Call `method(*args, i, n)` on each of the n actors at once (i: the actor's index).
+    def each(self, method: str, *args: Any) -> list[Any]:
+        """Call `method(*args, i, n)` on each of the n actors at once; results in actor order.
 
         Used for sharded evaluation. Large arguments should be object refs (put once). An actor
         that dies, or whose call is lost, is replaced and its share called again, once.
         """
-        n = len(self.actors)
-        refs = [getattr(a, method).remote(*args, i, n) for i, a in enumerate(self.actors)]
-        results = []
-        for i, ref in enumerate(refs):
-            try:
-                results.append(ray.get(ref))
-            except RayActorError:
-                self._replace(i)
-                results.append(ray.get(getattr(self.actors[i], method).remote(*args, i, n)))
+        n = self.size
+
+        def call(i: int) -> Call:
+            return lambda actor: getattr(actor, method).remote(*args, i, n)
+
+        results: list[Any] = []
+        for i, o in enumerate(self.run_all([(i, call(i), i) for i in range(n)])):
+            if o.error is not None and o.actor_lost:
+                (o,) = self.run_all([(i, call(i), i)])
+            if o.error is not None:
+                raise FedrayError(f"{method} failed on client actor {i}: {o.error}")
+            results.append(o.value)
         return results
+
+    def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call `method` on one healthy actor and return its result (initial state, export)."""
+        idx = next((i for i in self.actors if self.healthy[i]), 0)
+        try:
+            return ray.get(getattr(self.actors[idx], method).remote(*args), timeout=timeout_s)
+        except (RayActorError, GetTimeoutError):
+            self._replace(idx)
+            self.wait_ready()
+            return ray.get(getattr(self.actors[idx], method).remote(*args), timeout=timeout_s)
 
     def shutdown(self) -> None:
         """Kill every actor."""
-        for actor in self.actors:
+        for actor in self.actors.values():
             with suppress(Exception):
                 ray.kill(actor, no_restart=True)
-        self.actors = []
+        self.actors = {}

@@ -1,7 +1,9 @@
 """Client selection: which virtual clients train in a round. Registered in group `selection`.
 
 A selector has ``select(round, k)``, ``observe(round, losses)`` (the driver reports each round's
-local training losses, client id -> loss, after aggregation) and state_dict/load_state_dict.
+local training losses, client id -> loss, after aggregation), state_dict/load_state_dict, and
+``sampling``: how a cohort is drawn (``fixed`` size or ``poisson``), which a privacy accountant
+needs to know.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedray.registry import register
-from fedray.strategies.base import check_state_keys
+from fedray.core.checkpoint import check_state_keys
+from fedray.core.registry import register
 
 
 @dataclass
@@ -29,6 +31,8 @@ class UniformSampler:
     Rounds draw in order from one stream, so the schedule is a function of the seed alone.
     """
 
+    sampling = "fixed"
+
     def __init__(
         self,
         options: UniformOptions,
@@ -42,8 +46,6 @@ class UniformSampler:
         self.rng = random.Random(seed)
 
     def select(self, round: int, k: int) -> list[int]:
-        if k > self.num_clients:
-            raise ValueError(f"cannot select {k} of {self.num_clients} clients")
         return sorted(self.rng.sample(range(self.num_clients), k))
 
     def observe(self, round: int, losses: dict[int, float]) -> None:
@@ -68,6 +70,16 @@ class PowerOfChoiceOptions:
         if self.d < 1:
             raise ValueError(f"d={self.d} must be >= 1 (candidates sampled per round)")
 
+    def check_against(self, spec: Any) -> str | None:
+        """d candidates must cover a round's cohort."""
+        k = spec.mode.clients_per_round
+        if self.d < k:
+            return (
+                f"d={self.d} is below mode.clients_per_round={k}; raise selection.d "
+                "(candidates per round)"
+            )
+        return None
+
 
 @register("selection", "power_of_choice", PowerOfChoiceOptions)
 class PowerOfChoice:
@@ -79,6 +91,8 @@ class PowerOfChoice:
     ties go to the lower client id. Losses come from :meth:`observe`.
     """
 
+    sampling = "fixed"
+
     def __init__(
         self,
         options: PowerOfChoiceOptions,
@@ -89,6 +103,11 @@ class PowerOfChoice:
     ) -> None:
         if client_sizes is None or len(client_sizes) != num_clients:
             raise ValueError("selection=power_of_choice needs the size of every client")
+        if options.d > num_clients:
+            raise ValueError(
+                f"selection.d={options.d} exceeds the {num_clients} clients the partition "
+                "produced; lower it"
+            )
         self.options = options
         self.num_clients = num_clients
         self.sizes = [int(n) for n in client_sizes]
@@ -105,14 +124,6 @@ class PowerOfChoice:
         return [cid for _, cid in keys[: self.options.d]]
 
     def select(self, round: int, k: int) -> list[int]:
-        if k > self.options.d:
-            raise ValueError(
-                f"selection.d={self.options.d} is below mode.clients_per_round={k}; raise d"
-            )
-        if self.options.d > self.num_clients:
-            raise ValueError(
-                f"selection.d={self.options.d} exceeds the {self.num_clients} clients; lower it"
-            )
         cands = self.candidates()
         cands.sort(key=lambda cid: (-self.losses.get(cid, float("inf")), cid))
         return sorted(cands[:k])

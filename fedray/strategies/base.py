@@ -1,50 +1,81 @@
-"""The server side of an algorithm: how client updates become the next global state."""
+"""The server side of an algorithm: how client updates become the next global state.
+
+A strategy subclasses :class:`Strategy`, a typed protocol whose optional hooks have defaults,
+so the coordinator calls every hook unconditionally and a type checker sees them all. Pure
+server logic: no Ray, no I/O; stateful strategies save and load their state.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from fedray.types import State
-
-
-@dataclass
-class Contribution:
-    """One decoded client update as a strategy sees it."""
-
-    client_id: int
-    delta: State
-    num_samples: int
-    extra: State | None = None  # the update's extra state (see fedray.strategies.extra)
+from fedray.core.checkpoint import check_state_keys
+from fedray.core.statemath import mean_of
+from fedray.core.types import Aggregate, Contribution, State
 
 
 class Strategy(Protocol):
-    """Pure server logic: no Ray, no I/O. Stateful strategies save and load their state.
+    """An algorithm's server half, plus the name of its client half.
 
-    Optional hooks, called through :mod:`fedray.server.hooks` (absent: the default in brackets):
-    ``setup(*, num_clients)`` [nothing]; ``shared_state(global_state)``, what is sent down and
-    what updates must match [all of it]; ``broadcast(global_state)``, extra state sent with it
-    [none]; ``client_rule(trainer, *, seed)``, the client's update rule [the local recipe].
+    Two ways to aggregate, chosen by `requires_individual_updates`:
+
+    - False (FedAvg and its relatives): :meth:`step` reads the cohort's :class:`Aggregate` (the
+      weighted mean delta), so the updates may be combined by a secure or encrypted sum first;
+      :meth:`aggregate` is then the plaintext shortcut ``step(global, mean_of(updates))``.
+    - True (robust rules, async merging): :meth:`aggregate` reads every update itself.
     """
 
-    requires_individual_updates: bool
+    requires_individual_updates: ClassVar[bool] = False
+    mode: ClassVar[str] = "sync"  # sync | async: the scheduler the algorithm runs under
+    sends_extra: ClassVar[bool] = False  # clients send plaintext extra state (SCAFFOLD's delta c)
 
     def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
-        """Return the next global state."""
-        ...
+        """The next global state from the cohort's decoded updates."""
+        return self.step(global_state, mean_of(contributions))
+
+    def step(self, global_state: State, aggregate: Aggregate) -> State:
+        """The next global state from the cohort's combined update (server optimizer step)."""
+        raise NotImplementedError(f"{type(self).__name__} aggregates individual updates only")
+
+    def setup(self, *, num_clients: int) -> None:
+        """Learn the population size before the first round (SCAFFOLD's N)."""
+
+    def shared_state(self, global_state: State) -> State:
+        """What is sent down and what updates must match (FedPer keeps its head back)."""
+        return global_state
+
+    def merge_shared(self, global_state: State, shared: State) -> State:
+        """The global state after its shared part became `shared`."""
+        return {**global_state, **shared}
+
+    def broadcast(self, global_state: State) -> State | None:
+        """Extra state sent with the global state this round (SCAFFOLD's c), or None."""
+        return None
+
+    def client_rule(self) -> dict[str, Any]:
+        """The client update rule, as a config node of the `rule` registry group."""
+        return {"name": "local"}
 
     def state_dict(self) -> dict[str, Any]:
         """Server-side state (optimizer moments, ...) for checkpoints."""
-        ...
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+        check_state_keys(set(), state, type(self).__name__)
+
+
+class AsyncStrategy(Strategy, Protocol):
+    """An async algorithm: merges (or buffers) one update at a time as it arrives."""
+
+    requires_individual_updates: ClassVar[bool] = True
+    mode: ClassVar[str] = "async"
+
+    def apply(
+        self, global_state: State, base_state: State, contribution: Contribution, staleness: int
+    ) -> State | None:
+        """The next global state after one update, or None if it was only buffered."""
         ...
 
 
-def check_state_keys(expected: set[str], state: dict[str, Any], owner: str) -> None:
-    """Raise KeyError naming missing/unexpected keys of a loaded state dict."""
-    if set(state) != expected:
-        raise KeyError(
-            f"{owner}.load_state_dict: expected keys {sorted(expected)}, got {sorted(state)}"
-        )
+__all__ = ["AsyncStrategy", "Strategy", "check_state_keys"]

@@ -10,15 +10,14 @@ Async mode only (`mode=async`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from fedray.registry import register
-from fedray.strategies.base import Contribution, check_state_keys
+from fedray.core.registry import register
+from fedray.core.types import Contribution, State
+from fedray.core.validate import check_like
+from fedray.strategies.base import AsyncStrategy
 from fedray.strategies.staleness import check_staleness_options, staleness_weight
-from fedray.strategies.validate import check_like
-from fedray.types import State
 
 
 @dataclass
@@ -38,11 +37,8 @@ class FedAsyncOptions:
 
 
 @register("algorithm", "fedasync", FedAsyncOptions)
-class FedAsync:
+class FedAsync(AsyncStrategy):
     """One new global version per applied update."""
-
-    requires_individual_updates = True
-    mode = "async"
 
     def __init__(self, options: FedAsyncOptions) -> None:
         self.options = options
@@ -65,9 +61,3 @@ class FedAsync:
             client *= a
             new[k] = np.add(np.multiply(g, one_minus, dtype=np.float32), client)
         return new
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_state_keys(set(), state, "FedAsync")

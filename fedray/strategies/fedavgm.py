@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from fedray.registry import register
-from fedray.strategies.aggregate import sample_weights, weighted_sum
-from fedray.strategies.base import Contribution, check_state_keys
-from fedray.strategies.validate import check_like
-from fedray.types import State
+from fedray.core.checkpoint import check_state_keys
+from fedray.core.registry import register
+from fedray.core.types import Aggregate, State
+from fedray.core.validate import check_like
+from fedray.strategies.base import Strategy
 
 
 @dataclass
@@ -36,19 +36,16 @@ class FedAvgMOptions:
 
 
 @register("algorithm", "fedavgm", FedAvgMOptions)
-class FedAvgM:
+class FedAvgM(Strategy):
     """new = global + server_lr * v, v = momentum * v + mean_delta; v starts at 0."""
-
-    requires_individual_updates = False
 
     def __init__(self, options: FedAvgMOptions) -> None:
         self.options = options
         self._v: State | None = None
 
-    def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
+    def step(self, global_state: State, aggregate: Aggregate) -> State:
         o = self.options
-        weights = sample_weights([c.num_samples for c in contributions])
-        delta = weighted_sum([c.delta for c in contributions], weights)
+        delta = aggregate.mean  # updated in place below: the aggregate is this step's to use up
         check_like(delta, global_state, "fedavgm: the mean update")
         if self._v is None:
             self._v = {k: np.zeros(a.shape, np.float32) for k, a in global_state.items()}
@@ -58,7 +55,7 @@ class FedAvgM:
             v = self._v[k]
             v *= np.float32(o.momentum)
             v += d
-            np.multiply(v, np.float32(o.server_lr), out=d)  # d is ours (fresh from weighted_sum)
+            np.multiply(v, np.float32(o.server_lr), out=d)
             new[k] = np.add(global_state[k], d, dtype=np.float32)
         return new
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from fedray import registry
-from fedray.errors import ConfigError
-from fedray.strategies.base import Contribution, check_state_keys
+from fedray.core import registry
+from fedray.core.checkpoint import check_state_keys
+from fedray.core.errors import ConfigError
+from fedray.core.types import Aggregate, Contribution, State
+from fedray.core.validate import check_like
+from fedray.strategies.base import AsyncStrategy
 from fedray.strategies.staleness import check_staleness_options, staleness_weight
-from fedray.strategies.validate import check_like
-from fedray.types import State
 
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
@@ -57,11 +58,11 @@ class FedBuffOptions:
 
 
 @registry.register("algorithm", "fedbuff", FedBuffOptions)
-class FedBuff:
-    """A new global version every K arrived updates; None from :meth:`apply` in between."""
+class FedBuff(AsyncStrategy):
+    """A new global version every K arrived updates; None from :meth:`apply` in between.
 
-    requires_individual_updates = True  # each delta is weighted by its own staleness
-    mode = "async"
+    Needs individual updates: each delta is weighted by its own staleness.
+    """
 
     def __init__(self, options: FedBuffOptions) -> None:
         self.options = options
@@ -87,9 +88,10 @@ class FedBuff:
         self._count += 1
         if self._count < self.options.k:
             return None
-        mean = {k: v / np.float32(self._count) for k, v in self._sum.items()}
+        count = self._count
+        mean = {k: v / np.float32(count) for k, v in self._sum.items()}
         self._sum, self._count = None, 0
-        return self.server.aggregate(global_state, [Contribution(-1, mean, 1)])
+        return self.server.step(global_state, Aggregate(mean, float(count), count))
 
     @property
     def buffered(self) -> int:

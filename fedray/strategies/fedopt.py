@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from fedray.registry import register
-from fedray.strategies.aggregate import sample_weights, weighted_sum
-from fedray.strategies.base import Contribution, check_state_keys
-from fedray.strategies.validate import check_like
-from fedray.types import State
+from fedray.core.checkpoint import check_state_keys
+from fedray.core.registry import register
+from fedray.core.types import Aggregate, State
+from fedray.core.validate import check_like
+from fedray.strategies.base import Strategy
 
 
 @dataclass
@@ -64,10 +64,8 @@ class FedYogiOptions(FedAdamOptions):
     name: str = "fedyogi"
 
 
-class _FedOpt:
+class _FedOpt(Strategy):
     """Shared math; a subclass says how v absorbs delta²."""
-
-    requires_individual_updates = False
 
     def __init__(self, options: FedAdagradOptions) -> None:
         self.options = options
@@ -79,10 +77,9 @@ class _FedOpt:
         """Update `v` in place from `d2` = delta² (which it may overwrite)."""
         raise NotImplementedError
 
-    def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
+    def step(self, global_state: State, aggregate: Aggregate) -> State:
         o = self.options
-        weights = sample_weights([c.num_samples for c in contributions])
-        delta = weighted_sum([c.delta for c in contributions], weights)  # fresh arrays: ours
+        delta = aggregate.mean  # updated in place below: the aggregate is this step's to use up
         check_like(delta, global_state, f"{o.name}: the mean update")
         if self._m is None or self._v is None:
             self._m = {k: np.zeros(a.shape, np.float32) for k, a in global_state.items()}

@@ -7,16 +7,12 @@ The client minimises ``F_i(w) + mu / 2 * ||w - w_global||²`` (see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fedray.registry import register
-from fedray.strategies.base import Contribution
+from fedray.core.registry import register
+from fedray.core.types import Aggregate, State
+from fedray.strategies.base import Strategy
 from fedray.strategies.fedavg import FedAvg, FedAvgOptions
-from fedray.types import State
-
-if TYPE_CHECKING:
-    from fedray.client.rules import ClientRule
-    from fedray.client.trainer import Trainer
 
 
 @dataclass
@@ -35,25 +31,15 @@ class FedProxOptions:
 
 
 @register("algorithm", "fedprox", FedProxOptions)
-class FedProx:
+class FedProx(Strategy):
     """Client rule: proximal term `mu`; server: FedAvg with `server_lr`."""
-
-    requires_individual_updates = False
 
     def __init__(self, options: FedProxOptions) -> None:
         self.options = options
         self.server = FedAvg(FedAvgOptions(server_lr=options.server_lr))
 
-    def client_rule(self, trainer: Trainer, *, seed: int) -> ClientRule:
-        from fedray.client.rules import ProximalRule
+    def client_rule(self) -> dict[str, Any]:
+        return {"name": "proximal", "mu": self.options.mu}
 
-        return ProximalRule(self.options.mu)
-
-    def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
-        return self.server.aggregate(global_state, contributions)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.server.load_state_dict(state)
+    def step(self, global_state: State, aggregate: Aggregate) -> State:
+        return self.server.step(global_state, aggregate)

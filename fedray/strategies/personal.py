@@ -11,36 +11,13 @@ models are evaluated by the clients on a seeded hold-out of their own samples
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fedray.registry import register
-from fedray.strategies.base import Contribution
+from fedray.core.registry import register
+from fedray.core.statemath import split_local
+from fedray.core.types import Aggregate, State
+from fedray.strategies.base import Strategy
 from fedray.strategies.fedavg import FedAvg, FedAvgOptions
-from fedray.types import State
-
-if TYPE_CHECKING:
-    from fedray.client.rules import ClientRule
-    from fedray.client.trainer import Trainer
-
-
-def is_local(key: str, patterns: list[str]) -> bool:
-    """Whether a state key belongs to a local (never shared) parameter group."""
-    return any(p in key for p in patterns)
-
-
-def split_local(state: State, patterns: list[str]) -> tuple[State, State]:
-    """(shared part, local part) of a state; ValueError if either part would be empty."""
-    local = {k: v for k, v in state.items() if is_local(k, patterns)}
-    shared = {k: v for k, v in state.items() if k not in local}
-    if not local:
-        example = next(iter(state), "none")
-        raise ValueError(
-            f"local_keys={patterns} match no trainable key (keys look like {example!r}); "
-            "name a substring of the head's keys, e.g. classifier"
-        )
-    if not shared:
-        raise ValueError(f"local_keys={patterns} match every trainable key; nothing is shared")
-    return shared, local
 
 
 def _check_holdout(holdout: float) -> None:
@@ -66,10 +43,8 @@ class FedPerOptions:
 
 
 @register("algorithm", "fedper", FedPerOptions)
-class FedPer:
+class FedPer(Strategy):
     """Shares and averages every trainable key except those matching `local_keys`."""
-
-    requires_individual_updates = False
 
     def __init__(self, options: FedPerOptions) -> None:
         self.options = options
@@ -79,20 +54,13 @@ class FedPer:
         """The part of the global state that is sent down and aggregated."""
         return split_local(global_state, self.options.local_keys)[0]
 
-    def client_rule(self, trainer: Trainer, *, seed: int) -> ClientRule:
-        from fedray.client.personal import FedPerRule
+    def client_rule(self) -> dict[str, Any]:
+        o = self.options
+        return {"name": "fedper", "local_keys": list(o.local_keys), "holdout": o.holdout}
 
-        return FedPerRule(trainer, self.options.local_keys, self.options.holdout, seed)
-
-    def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
-        shared = self.server.aggregate(self.shared_state(global_state), contributions)
-        return {**global_state, **shared}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.server.load_state_dict(state)
+    def step(self, global_state: State, aggregate: Aggregate) -> State:
+        shared = self.server.step(self.shared_state(global_state), aggregate)
+        return self.merge_shared(global_state, shared)
 
 
 @dataclass
@@ -113,25 +81,15 @@ class DittoOptions:
 
 
 @register("algorithm", "ditto", DittoOptions)
-class Ditto:
+class Ditto(Strategy):
     """Global model: FedAvg; personal models: the client rule's regularized local training."""
-
-    requires_individual_updates = False
 
     def __init__(self, options: DittoOptions) -> None:
         self.options = options
         self.server = FedAvg(FedAvgOptions(server_lr=options.server_lr))
 
-    def client_rule(self, trainer: Trainer, *, seed: int) -> ClientRule:
-        from fedray.client.personal import DittoRule
+    def client_rule(self) -> dict[str, Any]:
+        return {"name": "ditto", "lam": self.options.lam, "holdout": self.options.holdout}
 
-        return DittoRule(self.options.lam, self.options.holdout, seed)
-
-    def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
-        return self.server.aggregate(global_state, contributions)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.server.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.server.load_state_dict(state)
+    def step(self, global_state: State, aggregate: Aggregate) -> State:
+        return self.server.step(global_state, aggregate)

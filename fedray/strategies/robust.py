@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from fedray.registry import register
-from fedray.strategies.aggregate import add, deal, reduction_threads, weighted_sum
-from fedray.strategies.base import Contribution, check_state_keys
-from fedray.strategies.validate import check_like
-from fedray.types import State
+from fedray.core.registry import register
+from fedray.core.statemath import add, deal, reduction_threads, weighted_sum
+from fedray.core.types import Contribution, State
+from fedray.core.validate import check_like
+from fedray.strategies.base import Strategy
 
 _CHUNK_ELEMS = 1 << 22  # values per stacked chunk (16 MiB of float32)
 
@@ -84,19 +84,13 @@ def _coordinatewise(
     return {k: np.add(out[k], a, out=out[k]) for k, a in global_state.items()}
 
 
-class _Robust:
+class _Robust(Strategy):
     """Common parts: the options, no server state, and the need for individual updates."""
 
     requires_individual_updates = True
 
     def __init__(self, options: Any) -> None:
         self.options = options
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_state_keys(set(), state, type(self).__name__)
 
 
 @dataclass

@@ -7,28 +7,25 @@ returns ``delta y_i`` (its update) and ``delta c_i`` (extra state, tagged ``c``)
     x = x + server_lr * sum_i (n_i / sum_j n_j) * delta y_i      (sample-weighted, as FedAvg)
     c = c + (|S| / N) * (1 / |S|) * sum_i delta c_i              (N: all clients)
 
-so ``c`` stays the mean of all clients' ``c_i``. The client half is
-:class:`~fedray.client.rules.ScaffoldRule`; for LoRA runs both variates cover the trainable
+so ``c`` stays the mean of all clients' ``c_i``. The client half is the rule ``scaffold``
+(:class:`~fedray.client.rules.ScaffoldRule`); for LoRA runs both variates cover the trainable
 state only (adapters + modules_to_save).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from fedray.registry import register
-from fedray.strategies.aggregate import add, sample_weights, weighted_sum
-from fedray.strategies.base import Contribution, check_state_keys
-from fedray.strategies.extra import tagged, untagged
-from fedray.strategies.validate import check_like
-from fedray.types import State
-
-if TYPE_CHECKING:
-    from fedray.client.rules import ClientRule
-    from fedray.client.trainer import Trainer
+from fedray.core.checkpoint import check_state_keys
+from fedray.core.extra import tagged, untagged
+from fedray.core.registry import register
+from fedray.core.statemath import add
+from fedray.core.types import Aggregate, State
+from fedray.core.validate import check_like
+from fedray.strategies.base import Strategy
 
 
 @dataclass
@@ -44,10 +41,10 @@ class ScaffoldOptions:
 
 
 @register("algorithm", "scaffold", ScaffoldOptions)
-class Scaffold:
+class Scaffold(Strategy):
     """Server half of SCAFFOLD; see the module docstring for the update equations."""
 
-    requires_individual_updates = False
+    sends_extra = True
 
     def __init__(self, options: ScaffoldOptions) -> None:
         self.options = options
@@ -58,10 +55,8 @@ class Scaffold:
         """Learn N, the number of clients (the driver calls this once)."""
         self.num_clients = num_clients
 
-    def client_rule(self, trainer: Trainer, *, seed: int) -> ClientRule:
-        from fedray.client.rules import ScaffoldRule
-
-        return ScaffoldRule()
+    def client_rule(self) -> dict[str, Any]:
+        return {"name": "scaffold"}
 
     def broadcast(self, global_state: State) -> State:
         """The server control variate c (zeros before the first round), tagged ``c``."""
@@ -69,25 +64,16 @@ class Scaffold:
             self.c = {k: np.zeros(a.shape, np.float32) for k, a in global_state.items()}
         return tagged(self.c, "c")
 
-    def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
+    def step(self, global_state: State, aggregate: Aggregate) -> State:
         if self.num_clients is None:
             raise ValueError("scaffold: setup(num_clients=...) was not called")
-        if not contributions:
-            raise ValueError("no updates to aggregate")
         if self.c is None:
             self.broadcast(global_state)
         assert self.c is not None
-        deltas_c = [untagged(u.extra, "c", global_state, "scaffold") for u in contributions]
-        for i, d in enumerate(deltas_c):
-            check_like(d, global_state, f"scaffold: delta c of update {i}")
-        weights = sample_weights([u.num_samples for u in contributions])
-        new = add(
-            global_state,
-            weighted_sum([u.delta for u in contributions], weights),
-            self.options.server_lr,
-        )
-        share = len(contributions) / self.num_clients  # |S| / N
-        mean_dc = weighted_sum(deltas_c, [1.0 / len(deltas_c)] * len(deltas_c))
+        mean_dc = untagged(aggregate.extra_mean, "c", global_state, "scaffold")
+        check_like(mean_dc, global_state, "scaffold: the mean delta c")
+        new = add(global_state, aggregate.mean, self.options.server_lr)
+        share = aggregate.count / self.num_clients  # |S| / N
         self.c = add(self.c, mean_dc, share)
         return new
 

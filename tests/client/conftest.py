@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedray.config import LoraConfig, ModelConfig
+from fedray.core.config import LoraConfig, ModelConfig
 from fedray.models import encode, load_tokenizer, save_tiny_causal_lm, save_tiny_classifier
 
 WORDS = (  # two disjoint vocabularies: the class of a text is which one it uses
@@ -33,7 +33,7 @@ def cls_data(cls_cfg: ModelConfig) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     labels = np.arange(48) % 2
     texts = [" ".join(rng.choice(WORDS[y], size=rng.integers(3, 8))) for y in labels]
-    data = encode(load_tokenizer(cls_cfg), texts, 12, "classification")
+    data = encode(load_tokenizer(cls_cfg), texts, 12)
     return {**data, "labels": labels.astype(np.int64)}
 
 
@@ -41,4 +41,4 @@ def cls_data(cls_cfg: ModelConfig) -> dict[str, np.ndarray]:
 def lm_data(lm_cfg: ModelConfig) -> dict[str, np.ndarray]:
     """24 short sentences (padded with eos to length 16) for next-token training."""
     texts = [" ".join(WORDS[i % 2][j % 4 :]) for i in range(6) for j in range(4)]
-    return encode(load_tokenizer(lm_cfg), texts, 16, "causal_lm")
+    return encode(load_tokenizer(lm_cfg), texts, 16)

@@ -1,4 +1,5 @@
-"""Tokenizing federated data, in this process or in a child that keeps torch out of it."""
+"""Encoding federated data (a task's arrays), in this process or in a child that keeps torch
+out of it."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedray.client.dataset import TokenizeJob, tokenize, tokenize_in_child
-from fedray.config import ModelConfig
+from fedray.client.dataset import EncodeJob, encode, encode_in_child
+from fedray.core.config import ModelConfig
+from fedray.core.errors import ModelError
 from fedray.data import Corpus, FederatedData
-from fedray.errors import ModelError
 
 
 @pytest.fixture
@@ -22,7 +23,8 @@ def small() -> FederatedData:
 
 
 def test_child_tokenizes_exactly_like_this_process(cls_cfg: ModelConfig, small) -> None:
-    here, there = tokenize(cls_cfg, small, 12), tokenize_in_child(cls_cfg, small, 12)
+    here = encode("classification", cls_cfg, small, 12)
+    there = encode_in_child("classification", cls_cfg, small, 12)
     for part in ("train", "test"):
         a, b = getattr(here, part), getattr(there, part)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -33,18 +35,18 @@ def test_child_tokenizes_exactly_like_this_process(cls_cfg: ModelConfig, small) 
 def test_child_errors_come_back_as_themselves(tmp_path, small) -> None:
     bad = ModelConfig(name_or_path=str(tmp_path / "not-a-model"))
     with pytest.raises(ModelError, match="not-a-model"):
-        tokenize_in_child(bad, small, 12)
+        encode_in_child("classification", bad, small, 12)
 
 
 def test_job_left_early_stops_its_child_and_removes_its_files(cls_cfg: ModelConfig, small) -> None:
-    with TokenizeJob(cls_cfg, small, 12, child=True) as job:
+    with EncodeJob("classification", cls_cfg, small, 12, child=True) as job:
         proc, tmp = job._proc, Path(job._tmp.name)
         assert proc is not None and tmp.is_dir()
     assert proc.poll() is not None and not tmp.exists()  # killed (or done) and cleaned up
 
 
 def test_job_hands_its_arrays_over_once(cls_cfg: ModelConfig, small) -> None:
-    with TokenizeJob(cls_cfg, small, 12, child=False) as job:
+    with EncodeJob("classification", cls_cfg, small, 12, child=False) as job:
         encoded = job.result()
         with pytest.raises(RuntimeError, match="once"):
             job.result()

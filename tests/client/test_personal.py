@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedray.client.personal import DittoRule, FedPerRule, holdout_rows, select_rows
-from fedray.client.rules import LocalJob, LocalRule, Recipe
-from fedray.client.trainer import Trainer
-from fedray.config import ModelConfig
+from fedray.client.personal import (
+    DittoOptions,
+    DittoRule,
+    FedPerOptions,
+    FedPerRule,
+    holdout_rows,
+    select_rows,
+)
+from fedray.client.rules import LocalJob, LocalRule
+from fedray.client.trainer import Recipe, Trainer
+from fedray.core.config import ModelConfig
 
 RECIPE = Recipe(epochs=1, batch_size=8, lr=3e-2, weight_decay=0.0, max_steps=3)
 
@@ -39,7 +46,9 @@ def test_fedper_sends_only_the_body_and_keeps_the_head(trainer: Trainer, cls_dat
     full = trainer.get_state()
     head = {k for k in full if "classifier" in k}
     body = {k: v for k, v in full.items() if k not in head}
-    rule = FedPerRule(trainer, ["classifier"], holdout=0.25, seed=0)
+    rule = FedPerRule(
+        FedPerOptions(local_keys=["classifier"], holdout=0.25), trainer=trainer, seed=0
+    )
     first = rule.run(trainer, LocalJob(2, 1, cls_data, body), RECIPE)
     assert first.trained.keys() == body.keys() and first.client_state.keys() == head
     assert first.num_samples == 36  # 48 - 12 held out
@@ -57,12 +66,14 @@ def test_ditto_global_update_is_local_and_lam_zero_personal_matches_it(
     trainer: Trainer, cls_data
 ) -> None:
     g = trainer.get_state()
-    out = DittoRule(lam=0.0, holdout=0.25, seed=0).run(trainer, LocalJob(2, 1, cls_data, g), RECIPE)
+    out = DittoRule(DittoOptions(lam=0.0, holdout=0.25), seed=0).run(
+        trainer, LocalJob(2, 1, cls_data, g), RECIPE
+    )
     train_rows = holdout_rows(48, 0.25, 0, 2)[0]
     ref = LocalRule().run(trainer, LocalJob(2, 1, select_rows(cls_data, train_rows), g), RECIPE)
     assert _same(out.trained, ref.trained)  # the update sent up is plain local training
     assert _same(out.client_state, ref.trained)  # lam = 0, v starts at w: F_i alone
-    pulled = DittoRule(lam=50.0, holdout=0.25, seed=0).run(
+    pulled = DittoRule(DittoOptions(lam=50.0, holdout=0.25), seed=0).run(
         trainer, LocalJob(2, 1, cls_data, g), RECIPE
     )
     assert _same(pulled.trained, ref.trained)

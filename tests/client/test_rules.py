@@ -9,16 +9,16 @@ import torch
 from fedray.client.rules import (
     LocalJob,
     LocalRule,
+    ProximalOptions,
     ProximalRule,
-    Recipe,
     ScaffoldRule,
     linear_loss,
     proximal_loss,
     scaffold_control_update,
 )
-from fedray.client.trainer import Trainer
-from fedray.config import ModelConfig
-from fedray.strategies.extra import tagged
+from fedray.client.trainer import Recipe, Trainer
+from fedray.core.config import ModelConfig
+from fedray.core.extra import tagged
 
 RECIPE = Recipe(epochs=1, batch_size=8, lr=3e-2, weight_decay=0.0, max_steps=3)
 
@@ -69,7 +69,7 @@ def test_local_rule_is_plain_fit(trainer: Trainer, cls_data) -> None:
     g = trainer.get_state()
     result = LocalRule().run(trainer, LocalJob(3, 7, cls_data, g, client_state=None), RECIPE)
     trainer.set_state(g)
-    metrics = trainer.fit(cls_data, seed=7, **RECIPE.kwargs())
+    metrics = trainer.fit(cls_data, seed=7, recipe=RECIPE)
     assert _same(result.trained, trainer.get_state())
     assert result.metrics["loss"] == metrics["loss"] and result.num_samples == 48
     assert result.client_state is None and result.extra is None
@@ -81,8 +81,8 @@ def test_fedprox_with_mu_zero_is_local_and_mu_pulls_toward_global(
     g = trainer.get_state()
     job = LocalJob(0, 1, cls_data, g)
     local = LocalRule().run(trainer, job, RECIPE).trained
-    assert _same(ProximalRule(0.0).run(trainer, job, RECIPE).trained, local)
-    prox = ProximalRule(10.0).run(trainer, job, RECIPE).trained
+    assert _same(ProximalRule(ProximalOptions(mu=0.0)).run(trainer, job, RECIPE).trained, local)
+    prox = ProximalRule(ProximalOptions(mu=10.0)).run(trainer, job, RECIPE).trained
 
     def dist(s: dict[str, np.ndarray]) -> float:
         return sum(float(((s[k] - g[k]) ** 2).sum()) for k in g)

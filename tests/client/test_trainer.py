@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from fedray.client.trainer import Trainer
-from fedray.config import ModelConfig
+from fedray.client.trainer import Recipe, Trainer
+from fedray.core.config import ModelConfig
 
-FIT = {"epochs": 1, "batch_size": 8, "lr": 3e-2, "weight_decay": 0.0}
+FIT = {"recipe": Recipe(epochs=1, batch_size=8, lr=3e-2, weight_decay=0.0)}
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -51,13 +51,18 @@ def test_fit_is_deterministic_and_seed_dependent(cls_cfg: ModelConfig, cls_data)
 
 def test_max_steps_epochs_and_read_only_inputs(cls_cfg: ModelConfig, cls_data) -> None:
     trainer = Trainer(cls_cfg, "classification", 2, seed=0)
-    assert trainer.fit(cls_data, seed=0, **{**FIT, "epochs": 2})["steps"] == 12
+    assert (
+        trainer.fit(
+            cls_data, seed=0, recipe=Recipe(epochs=2, batch_size=8, lr=3e-2, weight_decay=0.0)
+        )["steps"]
+        == 12
+    )
     frozen = {k: v.copy() for k, v in cls_data.items()}
     for a in frozen.values():
         a.flags.writeable = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = trainer.fit(frozen, seed=0, max_steps=5, **{**FIT, "epochs": 2})
+        out = trainer.fit(frozen, seed=0, recipe=Recipe(2, 8, 3e-2, 0.0, max_steps=5))
         trainer.evaluate(frozen)
     assert out["steps"] == 5 and out["samples"] == 48
     assert not [w for w in caught if "writable" in str(w.message)]
@@ -95,7 +100,7 @@ def test_causal_lm_fit_and_evaluate(lm_cfg: ModelConfig, lm_data) -> None:
     padded["input_ids"][:, -5:] = lm_data["input_ids"][0, -1]
     assert trainer.evaluate(padded, batch_size=7)["loss"] == pytest.approx(before["loss"], rel=1e-5)
     for seed in range(3):
-        out = trainer.fit(lm_data, seed=seed, epochs=2, batch_size=8, lr=1e-2, weight_decay=0.0)
+        out = trainer.fit(lm_data, seed=seed, recipe=Recipe(2, 8, 1e-2, 0.0))
         assert out["steps"] == 6
     assert trainer.evaluate(lm_data)["loss"] < before["loss"] - 0.05
 
@@ -150,7 +155,7 @@ def test_threads_are_set(cls_cfg: ModelConfig) -> None:
 
 @pytest.mark.parametrize("kind", ["cls", "lm"])
 def test_sharded_evaluation_is_bit_identical(kind: str, request) -> None:
-    from fedray.evaluation import combine, shard_rows
+    from fedray.tasks.base import add_sums, shard_rows
 
     cfg, data = request.getfixturevalue(f"{kind}_cfg"), request.getfixturevalue(f"{kind}_data")
     task = "classification" if kind == "cls" else "causal_lm"
@@ -159,4 +164,45 @@ def test_sharded_evaluation_is_bit_identical(kind: str, request) -> None:
     n = len(data["input_ids"])
     for shards in (2, 3, n):
         parts = [trainer.eval_sums(data, 5, *shard_rows(n, 5, i, shards)) for i in range(shards)]
-        assert combine(parts, task) == whole
+        assert trainer.task.metrics(add_sums(parts)) == whole
+
+
+def test_opacus_wraps_the_trainer_seams_without_a_copied_loop(cls_cfg: ModelConfig, cls_data):
+    """The trainer's factories are what `PrivacyEngine.make_private` takes and returns."""
+    from opacus import GradSampleModule, PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+    from opacus.optimizers import DPOptimizer
+
+    trainer = Trainer(cls_cfg, "classification", 2, seed=0)
+    engine = PrivacyEngine(accountant="rdp")
+    seen: dict[str, object] = {}
+    clip, lr = 1e-3, 0.1
+
+    def wrap(model, optimizer, loader):
+        out = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=0.0,
+            max_grad_norm=clip,
+            poisson_sampling=True,
+        )
+        seen.update(zip(("model", "optimizer", "loader"), out, strict=True))
+        return out
+
+    def sgd(params, recipe):
+        return torch.optim.SGD(params, lr=recipe.lr)
+
+    before = trainer.get_state()
+    out = trainer.fit(cls_data, seed=0, recipe=Recipe(1, 8, lr, 0.0), make_optimizer=sgd, wrap=wrap)
+    assert isinstance(seen["model"], GradSampleModule)
+    assert isinstance(seen["optimizer"], DPOptimizer)
+    assert isinstance(seen["loader"], DPDataLoader)
+    seen["model"]._close()  # type: ignore[attr-defined]  # hooks off: the trainer is reusable
+    after = trainer.get_state()
+    moved = math.sqrt(sum(float(np.sum((after[k] - before[k]) ** 2)) for k in after))
+    # every per-sample gradient was clipped to `clip`: a step moves at most lr * clip * |B| / 8
+    # (|B| <= 48 samples in a Poisson batch of expected size 8)
+    assert 0 < moved <= out["steps"] * lr * clip * 48 / 8
+    assert engine.accountant.history  # the accountant saw the steps
+    assert trainer.evaluate(cls_data)["accuracy"] >= 0.0

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 
-from fedray.config import DataConfig, PartitionConfig
+from fedray.core.config import DataConfig, PartitionConfig
 from fedray.data import FederatedData, build_federated_data
 
 

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from fedray.config import DataConfig, PartitionConfig
+from fedray.core.config import DataConfig, PartitionConfig
 from fedray.data import FederatedData, build_federated_data, load_source
 from fedray.data.sources.shakespeare import parse_speeches
 

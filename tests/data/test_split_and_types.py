@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedray.core.errors import DataError
 from fedray.data import Corpus, FederatedData
 from fedray.data.split import apportion, holdout
-from fedray.errors import DataError
 
 
 def test_apportion_largest_remainder_ties_to_lower_index() -> None:

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedray.config import DataConfig, PartitionConfig
+from fedray.core.config import DataConfig, PartitionConfig
+from fedray.core.errors import DataError
 from fedray.data import build_federated_data, load_source
-from fedray.errors import DataError
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedray.config import LoraConfig, ModelConfig
+from fedray.core.config import LoraConfig, ModelConfig
 from fedray.models import save_tiny_causal_lm, save_tiny_classifier
 
 

@@ -9,8 +9,8 @@ import peft
 import pytest
 import torch
 
-from fedray.config import LoraConfig, ModelConfig
-from fedray.errors import ModelError
+from fedray.core.config import LoraConfig, ModelConfig
+from fedray.core.errors import ModelError
 from fedray.models import (
     encode,
     get_trainable_state,
@@ -140,13 +140,12 @@ def test_gpt2_conv1d_lora_changes_output_after_update(model_cfg) -> None:
 
 @pytest.mark.parametrize("kind", ["lm", "cls"])
 def test_tokenizer_and_encode(model_cfg, kind: str) -> None:
-    task = "causal_lm" if kind == "lm" else "classification"
     tokenizer = load_tokenizer(model_cfg(kind))
     assert tokenizer.pad_token is not None
     if kind == "lm":
         assert tokenizer.pad_token == tokenizer.eos_token  # GPT-2 has no pad token of its own
     texts = ["to be or not to be", "the winter of our discontent " * 10]
-    out = encode(tokenizer, texts, 12, task)
+    out = encode(tokenizer, texts, 12)
     assert set(out) == {"input_ids", "attention_mask"}
     for a in out.values():
         assert a.dtype == np.int64 and a.shape == (2, 12)
@@ -157,5 +156,5 @@ def test_tokenizer_and_encode(model_cfg, kind: str) -> None:
 
 def test_builtin_minilm_tokenizer() -> None:
     tokenizer = load_tokenizer(ModelConfig())
-    out = encode(tokenizer, ["Now is the winter of our discontent"], 64, "classification")
+    out = encode(tokenizer, ["Now is the winter of our discontent"], 64)
     assert out["input_ids"].shape == (1, 64) and out["input_ids"][0, 0] == tokenizer.cls_token_id

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedray.config import LoraConfig, ModelConfig
-from fedray.errors import ModelError
+from fedray.core.config import LoraConfig, ModelConfig
+from fedray.core.errors import ModelError
 from fedray.models import get_trainable_state, load_model, set_trainable_state
 
 KINDS = [

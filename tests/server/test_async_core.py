@@ -9,9 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from fedray import registry
+from fedray.core import registry
+from fedray.core.types import State, Update
 from fedray.server.async_core import AsyncLoop, Job
-from fedray.types import ClientUpdate, State
 
 BUDGET = 8
 
@@ -29,12 +29,12 @@ class SimExecutor:
         heapq.heappush(self.heap, (self.now + self.duration(job), job.job_id, job))
         self.log.append((self.now, "submit", job.job_id))
 
-    def wait(self) -> list[tuple[Job, ClientUpdate | None, str | None]]:
+    def wait(self) -> list[tuple[Job, Update | None, str | None]]:
         self.now, _, job = heapq.heappop(self.heap)
         self.log.append((self.now, "finish", job.job_id))
         delta = np.zeros(self.size, np.float32)
         delta[job.job_id] = 1.0  # one-hot: the final state says which jobs were applied
-        return [(job, ClientUpdate(job.client_id, 1, {"w": delta}, 0), None)]
+        return [(job, Update(job.client_id, 1, {"w": delta}, 0), None)]
 
 
 def _loop(
@@ -144,7 +144,7 @@ def test_state_dict_requeues_in_flight_jobs_first() -> None:
     sim = SimExecutor(_straggler, 16)
     next(loop.run(sim))  # first period reported: job 4 (client 0) is in flight
     state = loop.state_dict()
-    assert state["queue"] == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    assert state["queue"] == [(0, 1, 0), (1, 1, 0), (2, 1, 0), (3, 1, 0)]
     assert state["arrived"] == 4 and state["version"] == 4
     resumed = _loop(max_staleness=None, size=16)
     resumed.global_state = loop.global_state

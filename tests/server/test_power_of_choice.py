@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedray import registry
+from fedray.core import registry
 
 
 def _pow(sizes: list[int], d: int, seed: int = 0):
@@ -47,10 +47,13 @@ def test_seeded_and_resumable() -> None:
 
 
 def test_rejects_d_below_k_or_above_n() -> None:
-    with pytest.raises(ValueError, match="is below"):
-        _pow([1, 1, 1], d=2).select(1, 3)
-    with pytest.raises(ValueError, match="exceeds"):
-        _pow([1, 1], d=3).select(1, 1)
+    from types import SimpleNamespace
+
+    options = registry.parse("selection", {"name": "power_of_choice", "d": 2})
+    spec = SimpleNamespace(mode=SimpleNamespace(clients_per_round=3))
+    assert "d=2 is below mode.clients_per_round=3" in options.check_against(spec)
+    with pytest.raises(ValueError, match="exceeds the 2 clients"):
+        _pow([1, 1], d=3)
 
 
 def test_uniform_accepts_and_ignores_observations() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fedray import registry
-from fedray.seeding import client_seed
+from fedray.core import registry
+from fedray.core.seeding import client_seed
 
 
 def _sampler(n: int, seed: int = 0):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import os
 
-from fedray.cli import compose
+from fedray.app.cli import compose
+from fedray.app.run import run_experiment
 from fedray.models import save_tiny_classifier
-from fedray.run import run_experiment
 from fedray.server.pool import ActorPool
 
 
@@ -18,6 +18,9 @@ def _shard_worker() -> type:
         def __init__(self, doomed: bool) -> None:
             self.doomed = doomed
 
+        def ready(self) -> dict:
+            return {}
+
         def shard(self, tag: str, i: int, n: int) -> tuple[str, int, int]:
             if self.doomed and tag == "y":
                 os._exit(1)  # the process dies mid-call
@@ -26,13 +29,13 @@ def _shard_worker() -> type:
     return ShardWorker
 
 
-def test_call_each_gives_every_actor_its_share_and_replaces_a_dead_one(ray_cluster) -> None:
+def test_each_gives_every_actor_its_share_and_replaces_a_dead_one(ray_cluster) -> None:
     cls = ray_cluster.remote(_shard_worker()).options(num_cpus=0)
     made = itertools.count()
     pool = ActorPool(lambda: cls.remote(next(made) == 1), 3)  # the second actor dies on "y"
     try:
-        assert pool.call_each("shard", "x") == [("x", 0, 3), ("x", 1, 3), ("x", 2, 3)]
-        assert pool.call_each("shard", "y") == [("y", 0, 3), ("y", 1, 3), ("y", 2, 3)]
+        assert pool.each("shard", "x") == [("x", 0, 3), ("x", 1, 3), ("x", 2, 3)]
+        assert pool.each("shard", "y") == [("y", 0, 3), ("y", 1, 3), ("y", 2, 3)]
         assert pool.replaced == 1
     finally:
         pool.shutdown()
@@ -64,7 +67,7 @@ def test_metrics_do_not_depend_on_the_number_of_actors(ray_cluster, tmp_path) ->
         for k in (1, 3)
     }
     one, three = runs[1], runs[3]
-    assert len(three.ready["actors"]) == 3
+    assert three.ready is not None and len(three.ready.actors) == 3
     assert one.initial == three.initial
     keys = ("train_loss", "eval_loss", "eval_accuracy")
     assert [[r[k] for k in keys] for r in one.history] == [

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from fedray import registry
-from fedray.errors import ConfigError
-from fedray.strategies.base import Contribution
+from fedray.core import registry
+from fedray.core.errors import ConfigError
+from fedray.core.types import Contribution
 from fedray.strategies.staleness import staleness_weight
 
 

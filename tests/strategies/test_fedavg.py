@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedray import registry
-from fedray.strategies.aggregate import sample_weights, weighted_sum
-from fedray.strategies.base import Contribution
+from fedray.core import registry
+from fedray.core.statemath import sample_weights, weighted_sum
+from fedray.core.types import Contribution
 
 
 def _state(*values: float) -> dict[str, np.ndarray]:

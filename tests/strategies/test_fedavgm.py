@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from fedray import registry
-from fedray.errors import ConfigError
-from fedray.strategies.base import Contribution
+from fedray.core import registry
+from fedray.core.errors import ConfigError
+from fedray.core.types import Contribution
 from fedray.strategies.fedavgm import FedAvgMOptions
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "algorithm"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from fedray import registry
-from fedray.errors import ConfigError
-from fedray.strategies.base import Contribution
+from fedray.core import registry
+from fedray.core.errors import ConfigError
+from fedray.core.types import Contribution
 from fedray.strategies.fedopt import FedAdagradOptions, FedAdamOptions, FedYogiOptions
 
 NAMES = ["fedadam", "fedyogi", "fedadagrad"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedray import registry
-from fedray.errors import ConfigError
-from fedray.strategies.base import Contribution
+from fedray.core import registry
+from fedray.core.errors import ConfigError
+from fedray.core.types import Contribution
 from fedray.strategies.personal import split_local
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from fedray import registry
-from fedray.errors import ConfigError
+from fedray.core import registry
+from fedray.core.errors import ConfigError
+from fedray.core.types import Contribution
 from fedray.strategies import robust
-from fedray.strategies.base import Contribution
 from fedray.strategies.robust import krum_scores
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "algorithm"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedray import registry
-from fedray.strategies.base import Contribution
-from fedray.strategies.extra import tagged
+from fedray.core import registry
+from fedray.core.extra import tagged
+from fedray.core.types import Contribution
 
 
 def _v(*values: float) -> np.ndarray:

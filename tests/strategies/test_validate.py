@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedray.strategies.base import Contribution
-from fedray.strategies.validate import check_like, split_valid
+from fedray.core.types import Contribution
+from fedray.core.validate import check_like, split_valid
 
 REF = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 
@@ -106,8 +106,8 @@ def test_check_like() -> None:
 )
 def test_nan_updates_never_reach_the_global_state(algorithm: str, options: dict) -> None:
     """Screened as the driver does, 2 NaN/Inf updates among 7 leave every aggregator finite."""
-    from fedray import registry
-    from fedray.server.retry import screen
+    from fedray.core import registry
+    from fedray.server.collect import screen
 
     rng = np.random.default_rng(0)
     honest = [
@@ -121,7 +121,7 @@ def test_nan_updates_never_reach_the_global_state(algorithm: str, options: dict)
         Contribution(6, {"w": np.ones((2, 3), np.float32), "b": _nan_at((3,), np.inf, 1)}, 1),
     ]
     kept, rejected = screen([*honest[:3], *bad, *honest[3:]], REF, max_norm_ratio=0.0)
-    assert [c for c, _ in rejected] == [5, 6] and len(kept) == 5
+    assert [f.client_id for f in rejected] == [5, 6] and len(kept) == 5
     strategy = registry.build("algorithm", {"name": algorithm, **options})
     out = strategy.aggregate(REF, kept)
     assert all(np.isfinite(v).all() for v in out.values())

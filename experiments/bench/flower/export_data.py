@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from workloads import WORKLOADS
 
-from fedray.cli import compose
+from fedray.app.cli import compose
 from fedray.data import build_federated_data
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fedray.core.errors import DataError
 from fedray.data.partition import register_partitioner, require_labels
-from fedray.errors import DataError
 
 
 @register_partitioner("dirichlet")

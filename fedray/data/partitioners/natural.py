@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fedray.core.errors import DataError
 from fedray.data.partition import register_partitioner
-from fedray.errors import DataError
 
 
 @register_partitioner("natural", uses_num_clients=False)

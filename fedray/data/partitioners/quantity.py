@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from fedray.core.errors import DataError
 from fedray.data.partition import register_partitioner
 from fedray.data.partitioners.iid import cut
 from fedray.data.split import apportion
-from fedray.errors import DataError
 
 
 @register_partitioner("quantity")

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from fedray.core.errors import DataError
 from fedray.data.partition import register_partitioner, require_labels
 from fedray.data.partitioners.iid import cut, even_sizes
-from fedray.errors import DataError
 
 
 @register_partitioner("shard")

@@ -1,47 +1,36 @@
 """Data sources, registered by name: ``data.name`` picks one.
 
 A source is a function ``(cfg: DataConfig, seed: int) -> (corpus, train_pool_idx, test_idx)``.
-Adding one is one module that decorates its function with :func:`register_source` and is
-listed in ``_BUILTIN``. Heavy libraries (datasets, pandas) are imported inside the functions.
+Adding one is one module in this package that decorates its function with
+:func:`register_source`. Heavy libraries (datasets, pandas) are imported inside the functions.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from fedray.core import registry
+from fedray.core.config import DataConfig
+from fedray.core.errors import ConfigError, DataError
 from fedray.data.base import Corpus
-from fedray.errors import DataError
 
 Source = Callable[[Any, int], tuple[Corpus, np.ndarray, np.ndarray]]
 
-SOURCES: dict[str, Source] = {}
-_BUILTIN = ("fedray.data.sources.shakespeare", "fedray.data.sources.tabular")
-
 
 def register_source(name: str) -> Callable[[Source], Source]:
-    """Decorator: make a source function available as ``data.name=<name>``."""
-
-    def wrap(fn: Source) -> Source:
-        SOURCES[name] = fn
-        return fn
-
-    return wrap
+    """Decorator: make a source function available as ``data.name=<name>`` (on the registry)."""
+    return registry.register("source", name, DataConfig)
 
 
 def get_source(name: str) -> Source:
     """The source registered as ``name``; DataError listing the alternatives otherwise."""
-    for module in _BUILTIN:
-        importlib.import_module(module)
     try:
-        return SOURCES[name]
-    except KeyError:
-        raise DataError(
-            f"data.name={name!r} is unknown; choose one of: {', '.join(sorted(SOURCES))}"
-        ) from None
+        return registry.entry("source", name).factory
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
 
 
 def load_source(cfg: Any, seed: int) -> tuple[Corpus, np.ndarray, np.ndarray]:

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from fedray.data.base import TASKS, Corpus
+from fedray.core.errors import DataError
+from fedray.data.base import Corpus, needs_labels
 from fedray.data.split import by_label, holdout
-from fedray.errors import DataError
 
 
 @dataclass
@@ -70,7 +70,7 @@ def encode_labels(
     return labels, list(names)
 
 
-def _rows(table: Table, cfg: Any, task: str) -> dict[str, list[Any]]:
+def _rows(table: Table, cfg: Any, labeled: bool) -> dict[str, list[Any]]:
     empty = DataError(f"{table.where} has no rows; point it at a non-empty dataset")
     if not table.columns:
         raise empty
@@ -78,7 +78,7 @@ def _rows(table: Table, cfg: Any, task: str) -> dict[str, list[Any]]:
     if not texts:
         raise empty
     rows: dict[str, list[Any]] = {"texts": ["" if _missing(t) else str(t) for t in texts]}
-    if task == "classification":
+    if labeled:
         rows["labels"] = _column(table, "label_column", cfg.label_column)
     if cfg.id_column is not None:
         rows["groups"] = [str(g) for g in _column(table, "id_column", cfg.id_column)]
@@ -104,13 +104,12 @@ def to_corpus(
     to ``max_test`` rows (seeded, kept in file order).
     """
     task = str(cfg.task)
-    if task not in TASKS:
-        raise DataError(f"data.task={task!r} is unknown; use one of {', '.join(TASKS)}")
-    if task == "classification" and cfg.label_column is None:
-        raise DataError("data.task=classification needs data.label_column (or data.task=causal_lm)")
-    parts = [_rows(train, cfg, task)]
+    labeled = needs_labels(task)
+    if labeled and cfg.label_column is None:
+        raise DataError(f"data.task={task} needs data.label_column (or a task without labels)")
+    parts = [_rows(train, cfg, labeled)]
     if test is not None:
-        rows = _rows(test, cfg, task)
+        rows = _rows(test, cfg, labeled)
         n_test, cap = len(rows["texts"]), int(cfg.max_test)
         if 0 < cap < n_test:
             keep = sorted(random.Random(seed).sample(range(n_test), cap))
@@ -118,7 +117,7 @@ def to_corpus(
         parts.append(rows)
     merged = {k: [x for p in parts for x in p[k]] for k in parts[0]}
     labels, names = None, None
-    if task == "classification":
+    if labeled:
         labels, names = encode_labels(merged["labels"], train.label_names, str(cfg.label_column))
     corpus = Corpus(merged["texts"], labels, merged.get("groups"), names, task)
     n_train = len(parts[0]["texts"])

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from fedray.core.errors import DataError
 from fedray.data.base import Corpus
 from fedray.data.sources import register_source
 from fedray.data.split import by_label, holdout
-from fedray.errors import DataError
 
 _HEADER = re.compile(r"\*\*(.+)\*\*")
 _Parsed = tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[str, ...]]
@@ -79,7 +79,7 @@ def _speeches(min_words: int) -> _Parsed:
     return tuple(texts), tuple(labels), tuple(groups), tuple(genres)
 
 
-def _load(cfg: Any, seed: int, task: str) -> tuple[Corpus, np.ndarray, np.ndarray]:
+def _load(cfg: Any, seed: int, labeled: bool) -> tuple[Corpus, np.ndarray, np.ndarray]:
     texts, labels, groups, genres = _speeches(int(cfg.min_words))
     label_arr = np.array(labels, dtype=np.int64)
     pool, test = holdout(
@@ -87,10 +87,10 @@ def _load(cfg: Any, seed: int, task: str) -> tuple[Corpus, np.ndarray, np.ndarra
     )
     corpus = Corpus(
         texts=list(texts),
-        labels=label_arr if task == "classification" else None,
+        labels=label_arr if labeled else None,
         groups=list(groups),
-        label_names=list(genres) if task == "classification" else None,
-        task=task,
+        label_names=list(genres) if labeled else None,
+        task=str(cfg.task),
     )
     return corpus, pool, test
 
@@ -98,10 +98,10 @@ def _load(cfg: Any, seed: int, task: str) -> tuple[Corpus, np.ndarray, np.ndarra
 @register_source("shakespeare")
 def shakespeare(cfg: Any, seed: int) -> tuple[Corpus, np.ndarray, np.ndarray]:
     """Genre classification of a speech (6 classes); test set held out per genre."""
-    return _load(cfg, seed, "classification")
+    return _load(cfg, seed, labeled=True)
 
 
 @register_source("shakespeare_lm")
 def shakespeare_lm(cfg: Any, seed: int) -> tuple[Corpus, np.ndarray, np.ndarray]:
     """Next-token LM on the same speeches; the held-out set is the same as ``shakespeare``'s."""
-    return _load(cfg, seed, "causal_lm")
+    return _load(cfg, seed, labeled=False)

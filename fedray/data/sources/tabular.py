@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from fedray.core.errors import DataError
 from fedray.data.base import Corpus
 from fedray.data.sources import register_source
 from fedray.data.sources.columns import Table, to_corpus
-from fedray.errors import DataError
 
 SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 

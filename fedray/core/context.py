@@ -1,0 +1,38 @@
+"""The run context every stage of the round protocol receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SAMPLINGS = ("fixed", "poisson")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a stage may know about the run: who exists, how cohorts are drawn, the seed.
+
+    `sampling` is how a round's cohort is drawn: ``fixed`` (exactly `cohort_size` clients,
+    uniformly without replacement) or ``poisson`` (each client independently with probability
+    `cohort_size / population`); a privacy accountant needs to know which.
+    """
+
+    population: int
+    cohort_size: int
+    sampling: str
+    rounds: int
+    seed: int
+    mode: str  # sync | async
+
+    @property
+    def sampling_rate(self) -> float:
+        """q = cohort size / population."""
+        return self.cohort_size / self.population
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """One round as a stage sees it: the run, the round number and its cohort."""
+
+    run: RunContext
+    round: int
+    cohort: tuple[int, ...]

@@ -1,0 +1,133 @@
+"""The update pipeline of a run: the downlink codec, the uplink codec and the privacy mechanism,
+composed once from the spec.
+
+Client half (in the client actor): ``delta -> mechanism.client_transform (clip | mask | encrypt)
+-> codec.encode`` (a sum-only mechanism's transform is already the payload). Server half (in the
+round protocol): ``codec.decode`` of each plaintext update. Neither the actor nor the coordinator
+knows which codec or mechanism is on; combinations that cannot work are refused by
+:func:`check_pipeline` before anything starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedray.compression.base import Codec, Wire, as_wire
+from fedray.core import registry
+from fedray.core.config import FedrayConfig
+from fedray.core.errors import ConfigError
+from fedray.core.types import ClientState, Contribution, State, StateSpec, Update
+from fedray.privacy.base import Mechanism
+
+
+class Pipeline:
+    """The codecs and the mechanism of one run."""
+
+    def __init__(self, up: Codec, down: Codec, mechanism: Mechanism) -> None:
+        self.up, self.down, self.mechanism = up, down, mechanism
+
+    @classmethod
+    def from_spec(cls, spec: FedrayConfig) -> Pipeline:
+        """Build the stages the `compression` and `privacy` groups select."""
+        up = registry.build("compression", spec.compression)
+        down = registry.build("compression", {"name": "none"})
+        return cls(up, down, registry.build("privacy", spec.privacy))
+
+    @property
+    def sum_only(self) -> bool:
+        """Whether the server sees only the cohort's sum (secure or encrypted aggregation)."""
+        return self.mechanism.sum_only
+
+    # -- downlink --------------------------------------------------------------------------
+    def encode_down(self, state: State, spec: StateSpec, *, seed: int) -> Wire:
+        """The broadcast payload of the (shared) global state, encoded once per round."""
+        payload, _ = self.down.encode(state, spec=spec, seed=seed)
+        return payload
+
+    def decode_down(self, payload: Any, spec: StateSpec) -> State:
+        """The global state a client trains from."""
+        return self.down.decode(as_wire(payload), spec)
+
+    # -- uplink, client half ----------------------------------------------------------------
+    def client(
+        self,
+        delta: State,
+        *,
+        spec: StateSpec,
+        weight: float,
+        client_id: int,
+        round: int,
+        seed: int,
+        round_message: Any,
+        client_message: Any,
+        client_state: ClientState,
+        session: dict[str, Any],
+    ) -> tuple[Wire, ClientState]:
+        """(payload, the client's stored state after this round's transforms)."""
+        sent = self.mechanism.client_transform(
+            delta,
+            weight=weight,
+            client_id=client_id,
+            round=round,
+            seed=seed,
+            round_message=round_message,
+            client_message=client_message,
+            session=session,
+        )
+        if self.sum_only:
+            return as_wire(sent), client_state
+        payload, residual = self.up.encode(
+            sent, spec=spec, seed=seed, residual=client_state.get("codec")
+        )
+        new_state = dict(client_state)
+        if residual is None:
+            new_state.pop("codec", None)
+        else:
+            new_state["codec"] = residual
+        return payload, new_state
+
+    # -- uplink, server half ----------------------------------------------------------------
+    def decode(self, update: Update, spec: StateSpec) -> Contribution:
+        """The plaintext delta of one update."""
+        delta = self.up.decode(as_wire(update.payload), spec)
+        return Contribution(update.client_id, delta, update.num_samples, update.extra)
+
+    # -- state ----------------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Per-round figures of the stages (epsilon, ...)."""
+        return dict(self.mechanism.metrics())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stages' server-side state for checkpoints (client-side state is per client)."""
+        return {"privacy": self.mechanism.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        if set(state) != {"privacy"}:
+            raise KeyError(f"Pipeline.load_state_dict: unexpected keys {sorted(state)}")
+        self.mechanism.load_state_dict(state["privacy"])
+
+
+def check_pipeline(spec: FedrayConfig) -> None:
+    """Refuse stage combinations that cannot work, in one line naming both options."""
+    algo = registry.entry("algorithm", spec.algorithm.name).factory
+    mechanism = registry.entry("privacy", spec.privacy.name).factory
+    privacy, algorithm = f"privacy={spec.privacy.name}", f"algorithm={spec.algorithm.name}"
+    if mechanism.sum_only:
+        if algo.requires_individual_updates:
+            raise ConfigError(
+                f"{algorithm} needs individual updates but {privacy} reveals only their sum; "
+                "pick another pair"
+            )
+        if algo.sends_extra:
+            raise ConfigError(
+                f"{algorithm} sends extra state beside each update, which {privacy} cannot "
+                "hide; use a FedAvg-style algorithm"
+            )
+        if spec.mode.name == "async":
+            raise ConfigError(f"{privacy} needs mode=sync: async mode has no buffered secure sum")
+        if spec.compression.name != "none":
+            raise ConfigError(
+                f"compression={spec.compression.name} cannot run behind {privacy}, which "
+                "quantizes updates into its own field; use compression=none"
+            )

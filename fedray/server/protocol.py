@@ -1,0 +1,204 @@
+"""The round protocol: the stages of a round, written once, driven by the sync and the async
+scheduler (:mod:`fedray.server.sync`, :mod:`fedray.server.asynchronous`).
+
+1. plan the cohort (the selector)                 5. aggregate: per-update plaintext (checks,
+2. broadcast: downlink codec, one object ref         robust rules) or the mechanism's sum
+3. client job: the rule, then the pipeline's      6. after aggregation: the mechanism's reduce
+   client transforms (in the actor)                  (unmask, decrypt, noise), accountant
+4. collect: results or errors, retries, deadline  7. server optimizer step (the strategy)
+   (round trips for mechanisms via CohortIO)      8. commit: client states, selector feedback,
+                                                     metrics, checkpoint
+
+The coordinator knows rounds, clients, actors and stages, never which codec or mechanism is on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import ray
+
+from fedray.core.config import FedrayConfig
+from fedray.core.context import RoundContext, RunContext
+from fedray.core.seeding import client_seed
+from fedray.core.statemath import nbytes
+from fedray.core.types import ClientState, Contribution, Failure, State, TrainJob, Update, spec_of
+from fedray.pipeline import Pipeline
+from fedray.server.collect import screen
+from fedray.server.pool import ActorPool, Call
+from fedray.strategies.base import Strategy
+from fedray.tasks.base import Task, add_sums
+
+
+@dataclass
+class Broadcast:
+    """What one round (or one async global version) sends down, put in the store once."""
+
+    ctx: RoundContext
+    global_state: State  # the full global state (the server's copy)
+    shared: State  # what clients receive and what updates must match
+    payload_ref: ray.ObjectRef  # the downlink codec's payload of `shared`
+    nbytes: int  # per receiving client: payload + extra state
+    extra: State | None  # strategy extra state (SCAFFOLD's c), sent beside it
+    extra_ref: ray.ObjectRef | None
+    message_ref: ray.ObjectRef  # the mechanism's round message
+    spec: Any = None
+
+    def __post_init__(self) -> None:
+        self.spec = spec_of(self.shared)
+
+
+class PoolIO:
+    """:class:`~fedray.privacy.base.CohortIO` over the actor pool: each client's phases run on
+    the actor it is assigned to for the round (round-robin over the cohort), in one call per
+    actor and phase."""
+
+    def __init__(self, pool: ActorPool, round: int, cohort: list[int]) -> None:
+        self.pool, self.round = pool, round
+        actors = sorted(pool.actors)
+        self.assignment = {cid: actors[i % len(actors)] for i, cid in enumerate(cohort)}
+        self.round_trips = 0
+
+    def exchange(self, phase: str, messages: dict[int, Any]) -> dict[int, Any]:
+        by_actor: dict[int, dict[int, Any]] = defaultdict(dict)
+        for cid, message in messages.items():
+            by_actor[self.assignment[cid]][cid] = message
+        jobs = []
+        for idx, batch in sorted(by_actor.items()):
+
+            def call(actor: Any, batch: dict[int, Any] = batch) -> ray.ObjectRef:
+                return actor.phase.remote(phase, self.round, batch)
+
+            jobs.append((idx, call, idx))
+        self.round_trips += 1
+        replies: dict[int, Any] = {}
+        for o in self.pool.run_all(jobs):
+            if o.error is None:
+                replies.update(o.value)  # clients that failed inside are absent: dropped
+        return replies
+
+
+class RoundProtocol:
+    """The stages both schedulers share, over one pool, strategy, selector and pipeline."""
+
+    def __init__(
+        self,
+        spec: FedrayConfig,
+        pool: ActorPool,
+        strategy: Strategy,
+        selector: Any,
+        pipeline: Pipeline,
+        task: Task,
+        run: RunContext,
+        client_states: dict[int, ClientState],
+    ) -> None:
+        self.spec, self.pool, self.strategy = spec, pool, strategy
+        self.selector, self.pipeline, self.task, self.run = selector, pipeline, task, run
+        self.client_states = client_states
+
+    # -- 1. plan ---------------------------------------------------------------------------
+    def plan(self, rnd: int) -> list[int]:
+        """The clients that train in round (or draw) `rnd`."""
+        return self.selector.select(rnd, self.spec.mode.clients_per_round)
+
+    # -- 2. broadcast ----------------------------------------------------------------------
+    def broadcast(self, ctx: RoundContext, global_state: State) -> Broadcast:
+        """Encode and put the round's global state, extra state and round message once."""
+        shared = self.strategy.shared_state(global_state)
+        payload = self.pipeline.encode_down(shared, spec_of(shared), seed=self.spec.seed)
+        extra = self.strategy.broadcast(global_state)
+        return Broadcast(
+            ctx=ctx,
+            global_state=global_state,
+            shared=shared,
+            payload_ref=ray.put(payload),
+            nbytes=int(payload.nbytes) + (0 if extra is None else nbytes(extra)),
+            extra=extra,
+            extra_ref=None if extra is None else ray.put(extra),
+            message_ref=ray.put(self.pipeline.mechanism.round_message(ctx)),
+        )
+
+    # -- 3. client job ---------------------------------------------------------------------
+    def job_call(self, bcast: Broadcast, cid: int, attempt: int, rnd: int) -> Call:
+        """How to start client `cid`'s job of round (async: draw + 1) `rnd`, try `attempt`."""
+        c = self.spec.client
+        job = TrainJob(
+            round=rnd,
+            client_id=cid,
+            seed=client_seed(self.spec.seed, rnd, cid, c.seed_scheme, c.round_stride),
+            attempt=attempt,
+            spec=bcast.spec,
+            client_state=self.client_states.get(cid, {}),
+            message=self.pipeline.mechanism.client_message(bcast.ctx, cid),
+        )
+        refs = (bcast.payload_ref, bcast.extra_ref, bcast.message_ref)
+        return lambda actor: actor.train.remote(job, *refs)
+
+    # -- 5. aggregate (plaintext path) -----------------------------------------------------
+    def screen(
+        self, bcast: Broadcast, updates: list[Update], norm_ratio: float
+    ) -> tuple[list[Contribution], list[Failure]]:
+        """Decode each plaintext update and keep those that pass the checks."""
+        contributions = [self.pipeline.decode(u, bcast.spec) for u in updates]
+        return screen(contributions, bcast.shared, norm_ratio, bcast.extra)
+
+    # -- 8. commit -------------------------------------------------------------------------
+    def commit(self, rnd: int, updates: list[Update]) -> None:
+        """Store the accepted clients' states and feed their losses to the selector."""
+        for u in updates:
+            if u.client_state:
+                self.client_states[u.client_id] = u.client_state
+            else:
+                self.client_states.pop(u.client_id, None)
+        losses = {u.client_id: float(u.metrics["loss"]) for u in updates if "loss" in u.metrics}
+        self.selector.observe(rnd, losses)
+
+    def evaluate(self, global_state: State) -> dict[str, float]:
+        """The task's metrics of `global_state`, the test set sharded over every client actor.
+
+        The state is put in the object store once; the metrics do not depend on the number of
+        actors (each shard is whole batches; sums are added in batch order).
+        """
+        ref = ray.put(global_state)
+        return self.task.metrics(add_sums(self.pool.each("evaluate_shard", ref)))
+
+
+def update_metrics(updates: list[Update], arrived: list[Update]) -> dict[str, float]:
+    """Figures of a round's updates: `updates` the accepted ones, `arrived` all that came back."""
+    n = sum(u.num_samples for u in updates)
+    loss = sum(u.metrics.get("loss", 0.0) * u.num_samples for u in updates) / max(n, 1)
+    out = {
+        "clients_ok": float(len(updates)),
+        "train_loss": loss,
+        "train_samples": float(n),
+        "bytes_up": float(sum(u.nbytes_up for u in arrived)),
+        "client_compute_s": sum(u.metrics.get("compute_s", 0.0) for u in arrived),
+        "client_delay_s": sum(u.metrics.get("delay_s", 0.0) for u in arrived),
+    }
+    personal = [u.metrics for u in updates if any(k.startswith("personal_") for k in u.metrics)]
+    keys = sorted(
+        {k for m in personal for k in m if k.startswith("personal_")} - {"personal_train_loss"}
+    )
+    for key in keys:
+        values = [m[key] for m in personal if key in m]
+        out[f"eval_{key}"] = sum(values) / len(values)
+    if personal:
+        out["eval_personal_clients"] = float(len(personal))
+    return out
+
+
+@dataclass
+class RoundTimer:
+    """Wall time of a round and the driver's memory after it."""
+
+    start: float = field(default_factory=time.perf_counter)
+
+    def finish(self) -> dict[str, float]:
+        return {
+            "round_s": time.perf_counter() - self.start,
+            "driver_rss_mb": psutil.Process().memory_info().rss / 2**20,
+        }

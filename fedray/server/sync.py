@@ -1,0 +1,84 @@
+"""The sync scheduler: a barrier per round, every stage of :mod:`fedray.server.protocol` once."""
+
+from __future__ import annotations
+
+from fedray.core.context import RoundContext
+from fedray.core.errors import QuorumError
+from fedray.core.events import RoundEnd
+from fedray.core.types import Aggregate, State
+from fedray.server.collect import collect_cohort, quorum_shortfall
+from fedray.server.protocol import PoolIO, RoundProtocol, RoundTimer, update_metrics
+
+
+def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[State, RoundEnd]:
+    """One synchronous round: (the next global state, its report)."""
+    p, m, mechanism = protocol, protocol.spec.mode, protocol.pipeline.mechanism
+    timer = RoundTimer()
+    cohort = p.plan(rnd)  # 1. plan
+    ctx = RoundContext(p.run, rnd, tuple(cohort))
+    io = PoolIO(p.pool, rnd, cohort)
+    mechanism.before_round(ctx, io)  # e.g. key agreement; may end the run (budget)
+    bcast = p.broadcast(ctx, global_state)  # 2. broadcast
+    calls = collect_cohort(  # 3. client job + 4. collect
+        p.pool,
+        cohort,
+        lambda cid, attempt: p.job_call(bcast, cid, attempt, rnd),
+        timeout_s=m.client_timeout_s,
+        max_retries=m.max_retries,
+        deadline_s=m.round_deadline_s,
+        pinned=io.assignment if p.pipeline.sum_only else None,
+    )
+    updates = sorted(calls.values, key=lambda u: u.client_id)
+    failures = list(calls.failures)
+    if p.pipeline.sum_only:  # 5./6. the mechanism sums what it cannot read one by one
+        contributions, rejected = [], []
+        usable = len(updates)
+    else:
+        contributions, rejected = p.screen(bcast, updates, m.max_norm_ratio)
+        usable = len(contributions)
+    failures += rejected
+    shortfall = quorum_shortfall(rnd, usable, len(cohort), m.min_clients, failures)
+    aggregate: Aggregate | None = None
+    new_state = global_state
+    if shortfall is None:
+        try:
+            if p.strategy.requires_individual_updates:  # 5. robust rules read every update
+                new_state = p.strategy.aggregate(global_state, contributions)
+            else:
+                aggregate = mechanism.reduce(contributions, updates, ctx, io)  # 5. + 6.
+                new_state = p.strategy.step(global_state, aggregate)  # 7. server step
+        except ValueError as exc:
+            shortfall = (
+                f"round {rnd}: algorithm={p.spec.algorithm.name} cannot aggregate "
+                f"{usable} updates: {exc}; raise mode.min_clients accordingly"
+            )
+    if shortfall is not None and m.on_quorum_loss == "stop":
+        raise QuorumError(f"{shortfall}; or set mode.on_quorum_loss=skip")
+    if shortfall is None and aggregate is not None:
+        mechanism.after_round(ctx, aggregate)  # 6. accountant step
+    if shortfall is not None:
+        accepted = []
+    elif p.pipeline.sum_only:
+        accepted = updates
+    else:
+        ok = {c.client_id for c in contributions}
+        accepted = [u for u in updates if u.client_id in ok]
+    p.commit(rnd, accepted)  # 8. commit
+    metrics = update_metrics(accepted, updates)
+    metrics.update(
+        clients=float(len(cohort)),
+        clients_failed=float(len(cohort) - len(accepted)),
+        client_errors=float(len(calls.failures)),
+        retries=float(calls.retries),
+        calls_lost=float(calls.calls_lost),
+        updates_rejected=float(len(rejected)),
+        round_skipped=float(shortfall is not None),
+        clients_late=float(calls.late),  # past mode.round_deadline_s
+        bytes_down=float(bcast.nbytes * calls.calls),
+        round_trips=float(io.round_trips),
+        **p.pipeline.metrics(),
+    )
+    if rnd % m.eval_every == 0 or rnd == m.rounds:
+        metrics.update({f"eval_{k}": v for k, v in p.evaluate(new_state).items()})
+    metrics.update(timer.finish())
+    return new_state, RoundEnd(rnd, list(cohort), failures, metrics)

@@ -1,0 +1,1 @@
+"""Tracking: MLflow runs, plots, failure records and reports."""
