@@ -34,6 +34,7 @@ recomputed from the whole history, so it depends only on the runs, and a reloade
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import dp_accounting
@@ -49,14 +50,8 @@ DEFAULT_VALUE_DISCRETIZATION = 1e-4
 # takes ~15 s per evaluation), and client-level DP below z = 0.3 protects next to nothing.
 DEFAULT_MIN_NOISE_MULTIPLIER = 0.3
 
-_STATE_KEYS = {
-    "sampling",
-    "sampling_rate",
-    "cohort_size",
-    "population",
-    "value_discretization_interval",
-    "runs",
-}
+_CONFIG_KEYS = ("sampling", "sampling_rate", "cohort_size", "population")
+_STATE_KEYS = {*_CONFIG_KEYS, "value_discretization_interval", "runs"}
 
 
 def _check_keys(expected: set[str], state: dict[str, Any], owner: str) -> None:
@@ -74,12 +69,12 @@ def _check_delta(delta: float) -> None:
 
 
 def _check_noise_multiplier(z: float) -> None:
-    if not (isinstance(z, int | float) and math.isfinite(z) and z >= 0):
+    if not (isinstance(z, numbers.Real) and math.isfinite(z) and z >= 0):
         raise ValueError(f"noise_multiplier must be a finite number >= 0, got {z!r}")
 
 
 def _check_count(count: int, name: str = "rounds") -> None:
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+    if not isinstance(count, numbers.Integral) or isinstance(count, bool) or count < 1:
         raise ValueError(f"{name} must be an int >= 1, got {count!r}")
 
 
@@ -106,13 +101,14 @@ def _sampling_params(
             raise ValueError(
                 "fixed_size sampling takes cohort_size and population, not sampling_rate"
             )
-        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (cohort_size, population))
+        ints = (cohort_size, population)
+        ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in ints)
         if not ok or not 1 <= cohort_size <= population:  # type: ignore[operator]
             raise ValueError(
                 "fixed_size sampling needs ints 1 <= cohort_size <= population, got "
                 f"cohort_size={cohort_size!r}, population={population!r}"
             )
-        return None, cohort_size, population
+        return None, int(cohort_size), int(population)  # type: ignore[arg-type]
     raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
 
 
@@ -137,31 +133,12 @@ def round_event(
     )
 
 
-def history_event(
-    runs: list[tuple[float, int]],
-    *,
-    sampling: str = POISSON,
-    sampling_rate: float | None = None,
-    cohort_size: int | None = None,
-    population: int | None = None,
-) -> dp_accounting.DpEvent:
-    """The event of a whole history: runs of (z, count) composed in order."""
+def history_event(runs: list[tuple[float, int]], **sampling: Any) -> dp_accounting.DpEvent:
+    """The event of a history of (z, count) runs, in order; ``sampling`` as in round_event."""
     events = [
-        dp_accounting.SelfComposedDpEvent(
-            round_event(
-                z,
-                sampling=sampling,
-                sampling_rate=sampling_rate,
-                cohort_size=cohort_size,
-                population=population,
-            ),
-            count,
-        )
-        for z, count in runs
+        dp_accounting.SelfComposedDpEvent(round_event(z, **sampling), count) for z, count in runs
     ]
-    if len(events) == 1:
-        return events[0]
-    return dp_accounting.ComposedDpEvent(events)
+    return events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
 
 
 class DpAccountant:
@@ -210,7 +187,7 @@ class DpAccountant:
         client's persistent state (:meth:`state_dict` is a few floats) and step it only in the
         rounds the client trains.
         """
-        if not (isinstance(batch_size, int) and isinstance(dataset_size, int)):
+        if not all(isinstance(v, numbers.Integral) for v in (batch_size, dataset_size)):
             raise ValueError("batch_size and dataset_size must be ints")
         if not 1 <= batch_size <= dataset_size:
             raise ValueError(
@@ -238,12 +215,7 @@ class DpAccountant:
         return sum(count for _, count in self._runs)
 
     def _sampling_kw(self) -> dict[str, Any]:
-        return dict(
-            sampling=self.sampling,
-            sampling_rate=self.sampling_rate,
-            cohort_size=self.cohort_size,
-            population=self.population,
-        )
+        return {k: getattr(self, k) for k in _CONFIG_KEYS}
 
     @staticmethod
     def _extend(
@@ -251,9 +223,9 @@ class DpAccountant:
     ) -> list[tuple[float, int]]:
         runs = list(runs)
         if runs and runs[-1][0] == noise_multiplier:
-            runs[-1] = (noise_multiplier, runs[-1][1] + count)
+            runs[-1] = (noise_multiplier, runs[-1][1] + int(count))
         else:
-            runs.append((float(noise_multiplier), count))
+            runs.append((float(noise_multiplier), int(count)))
         return runs
 
     def step(self, noise_multiplier: float, rounds: int = 1) -> None:
@@ -293,6 +265,8 @@ class DpAccountant:
             return math.inf  # a round without noise is not private
         key = (tuple(runs), float(delta), kind)
         if key not in self._cache:
+            if len(self._cache) >= 16:  # each epsilon is a full PLD build; keep only recent ones
+                self._cache.clear()
             event = history_event(runs, **self._sampling_kw())
             self._cache[key] = float(self._fresh(kind).compose(event).get_epsilon(delta))
         return self._cache[key]

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,7 @@ def clip_to_norm(state: State, clip: float) -> tuple[State, float]:
     The output keeps each key's dtype and satisfies ``global_norm(output) <= clip`` exactly: if
     rounding to the output dtype lands above C, the factor shrinks until it does not.
     """
-    if not (isinstance(clip, int | float) and math.isfinite(clip) and clip > 0):
+    if not (isinstance(clip, numbers.Real) and math.isfinite(clip) and clip > 0):
         raise ValueError(f"clip norm must be a finite number > 0, got {clip!r}")
     norm = global_norm(state)
     if norm <= clip:

@@ -44,6 +44,7 @@ fewer shares mean less noise than accounted.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import dp_accounting
@@ -73,7 +74,7 @@ def _check_delta(delta: float) -> None:
 
 
 def _check_int(value: int, name: str, low: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
@@ -147,7 +148,7 @@ class DistributedDpAccountant:
         if not (math.isfinite(l1_sensitivity) and l1_sensitivity > 0):
             raise ValueError(f"l1_sensitivity must be finite and > 0, got {l1_sensitivity}")
         self.noise = noise
-        self.dim = dim
+        self.dim = int(dim)
         self.l2_sensitivity = float(l2_sensitivity)
         self.l1_sensitivity = float(l1_sensitivity)
         self._runs: list[tuple[float, int, int]] = []
@@ -164,7 +165,7 @@ class DistributedDpAccountant:
 
     def _check_std(self, local_std: float) -> None:
         low = 0.5 if self.noise == DISCRETE_GAUSSIAN else 0.0  # Kairouz et al. Thm 1 needs >= 1/2
-        if not (isinstance(local_std, int | float) and math.isfinite(local_std)):
+        if not (isinstance(local_std, numbers.Real) and math.isfinite(local_std)):
             raise ValueError(f"local_std must be a finite number, got {local_std!r}")
         if local_std < low or local_std <= 0:
             raise ValueError(
@@ -177,10 +178,11 @@ class DistributedDpAccountant:
         self._check_std(local_std)
         _check_int(n_clients, "n_clients")
         _check_int(rounds, "rounds")
-        if self._runs and self._runs[-1][:2] == (local_std, n_clients):
-            self._runs[-1] = (float(local_std), n_clients, self._runs[-1][2] + rounds)
+        run = (float(local_std), int(n_clients))
+        if self._runs and self._runs[-1][:2] == run:
+            self._runs[-1] = (*run, self._runs[-1][2] + int(rounds))
         else:
-            self._runs.append((float(local_std), n_clients, rounds))
+            self._runs.append((*run, int(rounds)))
 
     def lines(self, local_std: float, n_clients: int) -> list[tuple[float, float]]:
         """The per-round (rho, xi) lines for this configuration (see module docstring)."""
