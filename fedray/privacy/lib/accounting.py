@@ -18,9 +18,11 @@ Gaussian mechanism with noise multiplier z on a sampled cohort. Per round, this 
   number is RDP and :attr:`DpAccountant.accountant` says so. The halved multiplier works around
   dp_accounting issue google/differential-privacy#378: ``GaussianDpEvent`` defines z = s / C,
   but the RDP sampling-without-replacement formula treats z as noise / L2-sensitivity, and under
-  replace-one two clipped updates differ by up to 2C. Passing z unchanged would under-report the
-  RDP by a factor of 4. ``tests/privacy/test_accounting.py`` pins the installed behaviour so that
-  an upgrade that fixes the library fails the test instead of silently double-correcting.
+  replace-one two clipped updates differ by up to 2C. Passing z unchanged would under-report
+  epsilon by 2.2-2.5x (measured: population 1222, cohort 50, 100 rounds, delta 1e-5).
+  ``tests/privacy/test_accounting.py`` pins the installed behaviour so that an upgrade that fixes
+  the library fails the test instead of silently double-correcting. Replace-one epsilon is not
+  comparable to add/remove epsilon: replacing is removing one client and adding another.
 
 The per-client sample-level accountant for DP-SGD inside a client (Abadi et al. 2016) is the same
 class with q = batch_size / n_i and one ``step`` of ``steps_per_round`` per round the client

@@ -4,7 +4,7 @@
   (global, not per-key, clipping: the sensitivity bound of DP-FedAvg is on the whole update), and
   guarantees ``global_norm(output) <= C`` after the float32 cast.
 - :class:`AdaptiveClip` is the geometric quantile tracker of Andrew, Thakkar, McMahan, Ramaswamy
-  (2021), "Differentially Private Learning with Adaptive Clipping" (NeurIPS), Algorithm 1:
+  (2021), "Differentially Private Learning with Adaptive Clipping" (NeurIPS):
   C <- C exp(-eta (b_bar - gamma)), where b_bar estimates the fraction of clients whose update
   norm is <= C. Each client reports b_i - 1/2 with b_i = 1[||update_i|| <= C]; the server sums,
   adds N(0, sigma_b^2) and divides by the expected cohort size m. Centring the bits makes the
@@ -25,8 +25,8 @@ import numpy as np
 
 State = dict[str, np.ndarray]
 
-# Andrew et al. (2021), Sec. 3: gamma = 0.5 (median) and eta = 0.2 worked across their tasks;
-# sigma_b = m / 20 costs little of the budget (Sec. 3.1).
+# Andrew et al. (2021): the median with eta = 0.2 worked across their tasks, and sigma_b = m / 20
+# costs the update noise little (z_Delta ~ 1.005 z for z = 1, m = 100).
 DEFAULT_TARGET_QUANTILE = 0.5
 DEFAULT_LEARNING_RATE = 0.2
 DEFAULT_COUNT_NOISE_FRACTION = 1 / 20
@@ -98,7 +98,7 @@ def clip_to_norm(state: State, clip: float) -> tuple[State, float]:
 
 
 def split_noise_multiplier(noise_multiplier: float, count_noise_std: float) -> float:
-    """Andrew et al. (2021) Eq. 3: z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2) for the update sum."""
+    """Andrew et al. (2021): z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2) for the update sum."""
     z, sigma_b = noise_multiplier, count_noise_std
     if not (math.isfinite(z) and z > 0):
         raise ValueError(f"noise_multiplier must be finite and > 0, got {z}")

@@ -19,10 +19,11 @@ tightest single line at the target delta and the library composes the rounds and
   eps(alpha) <= min( alpha/2 (D2/sc)^2 + tau D,
                      alpha/2 ((D2/sc)^2 + 2 (D1/sc) tau + tau^2 D),
                      alpha/2 (D2/sc + sqrt(D) tau)^2 ).
-  Needs sigma >= 1/2. For sigma >= ~2, tau < 1e-15 and this is exactly the RDP of a continuous
+  Needs sigma >= 1/2. For sigma >= 2, tau < 1e-16 (n < 10^17): then it is the RDP of a continuous
   Gaussian with noise multiplier sigma_c / Delta2.
 - Skellam (Agarwal, Kairouz, Liu 2021, "The Skellam Mechanism for Differentially Private
-  Federated Learning", Thm 3.5 as implemented in google-research/federated/distributed_dp).
+  Federated Learning", NeurIPS; the RDP bound as in google-research/federated's
+  distributed_dp/accounting_utils.py).
   Skellam is closed under summation, so the aggregate noise is Skellam with variance
   V = n sigma^2 exactly:
   eps(alpha) <= alpha D2^2 / (2V) + min( ((2 alpha - 1) D2^2 + 6 D1) / (4 V^2), 3 D1 / (2V) ).

@@ -24,7 +24,7 @@ Skellams is Skellam.
 
 No wrap-around, checked up front: |sum of n rounded vectors|_inf <= n Delta2 always, and the
 summed noise stays within t with probability >= 1 - failure_prob over all D coordinates (the sum
-of n discrete Gaussians is n sigma^2-subgaussian, CKS 2020 Cor. 9 + union bound; Skellam by
+of n discrete Gaussians is n sigma^2-subgaussian (CKS 2020) + union bound; Skellam by
 Bernstein's inequality with variance n sigma^2 and unit jumps). :class:`DdpEncoding` refuses
 ``bits`` with n Delta2 + t >= 2^(bits-1) (the silent-overflow bug class of fedbiomed #1210).
 
@@ -46,7 +46,7 @@ Spec = tuple[tuple[str, tuple[int, ...], str], ...]
 DISCRETE_GAUSSIAN = "discrete_gaussian"
 SKELLAM = "skellam"
 NOISES = (DISCRETE_GAUSSIAN, SKELLAM)
-DEFAULT_BETA = math.exp(-0.5)  # Kairouz et al. (2021), Sec. 6
+DEFAULT_BETA = math.exp(-0.5)  # Kairouz et al. (2021) experiments
 DEFAULT_FAILURE_PROB = 1e-9  # per round, chance that noise alone wraps some coordinate
 _NORM_SLACK = 1e-9  # relative: tolerates clip_to_norm's float rounding of ||x|| <= c
 
@@ -99,7 +99,7 @@ def discrete_gaussian_pmf(sigma: float, support: np.ndarray) -> np.ndarray:
 
 
 def discrete_gaussian_variance(sigma: float) -> float:
-    """Var N_Z(0, sigma^2), slightly below sigma^2 (CKS 2020, Prop. 19)."""
+    """Var N_Z(0, sigma^2), slightly below sigma^2 (CKS 2020)."""
     half = int(12 * sigma) + 12
     grid = np.arange(-half, half + 1, dtype=np.float64)
     return float(np.sum(grid**2 * discrete_gaussian_pmf(sigma, grid)))
