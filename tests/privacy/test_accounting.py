@@ -17,6 +17,8 @@ from fedray.privacy.lib.ddp_accounting import (
     DistributedDpAccountant,
     calibrate_local_noise,
     ddg_tau,
+    default_l1_sensitivity,
+    zcdp_lines,
 )
 
 DELTA = 1e-5
@@ -315,6 +317,24 @@ def test_ddg_tau_matches_kairouz_formula_and_penalises_small_noise() -> None:
         orders=INTEGER_ORDERS,
     )
     assert acc.epsilon(DELTA) > 1.5 * gaussian  # tau * D is large at sigma = 1/2
+
+
+@pytest.mark.parametrize(("l2", "variance"), [(10.0, 10.0), (10.0, 1e3), (300.0, 4e4)])
+def test_skellam_lines_bound_the_papers_rdp_curve_and_meet_it(l2: float, variance: float) -> None:
+    """Agarwal et al.'s RDP (as google-research/federated evaluates it, integer units) is the
+    pointwise minimum of the lines, wherever the clamped intercept is not in play."""
+    l1 = default_l1_sensitivity(l2, DIM)
+    lines = zcdp_lines(
+        "skellam", math.sqrt(variance), 1, dim=DIM, l2_sensitivity=l2, l1_sensitivity=l1
+    )
+    for a in INTEGER_ORDERS:
+        paper = a * l2**2 / (2 * variance) + min(
+            ((2 * a - 1) * l2**2 + 6 * l1) / (4 * variance**2), 3 * l1 / (2 * variance)
+        )
+        ours = min(xi + rho * a for rho, xi in lines)
+        assert ours >= paper * (1 - 1e-12)
+        if 6 * l1 >= l2**2:  # the first line's intercept is not clamped
+            assert ours == pytest.approx(paper, rel=1e-12)
 
 
 def test_skellam_costs_more_than_the_gaussian_and_converges_to_it() -> None:

@@ -14,6 +14,7 @@ from fedray.privacy.lib.discrete import (
     discrete_gaussian_pmf,
     discrete_gaussian_variance,
     fwht,
+    noise_tail_bound,
     rotate,
     rounded_norm_bound,
     sample_discrete_gaussian,
@@ -73,6 +74,21 @@ def test_skellam_moments_pmf_and_closure_under_summation() -> None:
     total = sample_skellam(3.0, (10, N_DRAWS // 4), rng).sum(axis=0)
     support = np.arange(-15, 16)
     assert chi_square_p(total, stats.skellam.pmf(support, 15.0, 15.0), support) > 1e-3
+
+
+@pytest.mark.parametrize("noise", ["discrete_gaussian", "skellam"])
+def test_summed_noise_stays_within_the_wrap_around_tail_bound(noise: str) -> None:
+    n, sigma, dim, p = 5, 3.0, 1024, 0.05
+    t = noise_tail_bound(noise, sigma, n, dim, p)
+    rng = np.random.default_rng(6)
+    sampler = (
+        (lambda size: sample_discrete_gaussian(sigma, size, rng))
+        if noise == "discrete_gaussian"
+        else (lambda size: sample_skellam(sigma**2, size, rng))
+    )
+    peaks = np.array([np.abs(sampler((n, dim)).sum(axis=0)).max() for _ in range(200)])
+    assert np.mean(peaks >= t) <= p
+    assert np.max(peaks) > 0.6 * t  # and the bound is not absurdly loose
 
 
 def test_samplers_are_reproducible_from_the_generator() -> None:
