@@ -1,0 +1,1 @@
+"""Privacy building blocks: accounting, clipping, discrete noise, secure aggregation, CKKS."""
