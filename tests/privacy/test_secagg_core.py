@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from fedray.privacy.lib.bitpack import pack_bits, packed_size, unpack_bits
-from fedray.privacy.lib.masking import FixedPointCodec, required_bits
+from fedray.privacy.lib.masking import (
+    FixedPointCodec,
+    decode_weighted,
+    encode_weighted,
+    required_bits,
+)
 from fedray.privacy.lib.secagg_core import (
     AdvertiseKeys,
     ClientSession,
@@ -82,6 +87,24 @@ def test_sparse_graph_at_larger_n_with_explicit_threshold():
     result = simulate_round(cfg, encoded, drop=drop)
     assert result.survivors == frozenset(ids) - {5, 0, 17}
     _check_exact(codec, result, levels)
+
+
+def test_weighted_mean_through_secure_aggregation():
+    """OpenFL #1407: sum(w x) and sum(w) both come out of the one secure sum, survivors only."""
+    n, length, max_weight = 10, 50, 1000.0
+    ids = tuple(range(n))
+    rng = np.random.default_rng(8)
+    xs = {u: rng.uniform(-1, 1, length) for u in ids}
+    weights = {u: float(rng.integers(1, 1001)) for u in ids}
+    codec = FixedPointCodec.tight(1.0, 2**20, n)
+    encoded = {u: encode_weighted(codec, xs[u], weights[u], max_weight) for u in ids}
+    cfg = SecAggConfig(10, ids, length + 1, codec.bits)
+    result = simulate_round(cfg, encoded, drop={2: {4}})
+    out = decode_weighted(codec, result.total, max_weight)
+    alive = sorted(result.survivors)
+    expected = np.average([xs[u] for u in alive], axis=0, weights=[weights[u] for u in alive])
+    assert out.total_weight == pytest.approx(sum(weights[u] for u in alive), abs=0.01)
+    np.testing.assert_allclose(out.mean, expected, atol=1e-5)
 
 
 def test_dropouts_before_keys_and_shares_are_simply_absent():
@@ -368,6 +391,7 @@ def test_sparse_degree_grows_logarithmically():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"round_id": -1}, "round_id=-1"),
         ({"clients": (1,)}, "at least 2 distinct"),
         ({"clients": (1, 1, 2)}, "at least 2 distinct"),
         ({"clients": (-1, 2)}, "client ids"),

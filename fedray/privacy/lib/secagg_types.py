@@ -65,6 +65,8 @@ class SecAggConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "clients", tuple(sorted(self.clients)))
         ids = self.clients
+        if not isinstance(self.round_id, int) or not 0 <= self.round_id < 2**63:
+            raise ValueError(f"round_id={self.round_id!r} must be an integer in 0..2**63-1")
         if len(ids) < 2 or len(set(ids)) != len(ids):
             raise ValueError("clients must list at least 2 distinct client ids")
         if any(not isinstance(c, int | np.integer) or not 0 <= c <= MAX_CLIENT_ID for c in ids):
