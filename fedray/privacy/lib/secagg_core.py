@@ -29,10 +29,12 @@ associated data binds the same, so a ciphertext cannot be replayed to another pa
 every round (a new :class:`ClientSession` per round), so nothing revealed in one round's
 unmasking (a dropped client's ``s_sk``) helps in another.
 
-Threat model: honest-but-curious server, and clients that follow the protocol; any set of fewer
-than ``t`` colluding neighbours of a client plus the server learns nothing about that client's
-input beyond the sum. The server sees only public keys, ciphertexts it cannot open, masked inputs
-(uniform in ``Z_{2**bits}``), the shares it asks for and the sum. A client refuses an unmasking
+Threat model: honest-but-curious server, and clients that follow the protocol. The server plus
+fewer than ``t`` colluding neighbours of a client hold fewer than ``t`` shares of each of its
+secrets and the server asks for only one of the two, so that client's input stays masked by a
+PRG stream nobody in the coalition can compute; only the sum is revealed. The server sees only
+public keys, ciphertexts it cannot open, masked inputs (uniform in ``Z_{2**bits}``), the shares
+it asks for and the sum. A client refuses an unmasking
 request that would reveal both masks of one neighbour (survivors and dropped overlapping, or a
 neighbour in neither, or itself in dropped) and one that leaves fewer than ``t`` of its
 neighbours surviving. Inputs (a client's update after encoding) never leave the client unmasked;
@@ -40,7 +42,17 @@ with fewer than ``min_clients`` survivors the server aborts instead of unmasking
 Not covered: a malicious server that sends different survivor sets to different clients (needs
 the signed consistency round), and the sum itself (add DP noise on top for that).
 
-Design note for the driver (what to keep where):
+Cost knobs (all in :class:`~secagg_types.SecAggConfig`): ``degree`` (None: complete graph,
+O(n) key agreements, PRG expansions and shares per client; an even k, e.g.
+:func:`~secagg_types.sparse_degree` = 2 ceil(1.5 log2 n): O(k)), ``threshold`` (dropout tolerance
+vs collusion resistance; default a strict majority of k), ``bits`` (upload size: take it from
+:meth:`masking.FixedPointCodec.tight`) and ``vector_length``. A masked input costs exactly
+``ceil(vector_length * bits / 8)`` bytes plus a 16-byte header; key and share messages are
+O(k) and independent of the vector length.
+
+Design note for the driver (what to keep where). :mod:`secagg_sim` is an in-process reference
+driver showing the call order (collect a message from every live client, then close the round
+at the server).
 
 * The **client** keeps its :class:`ClientSession` in memory from round 0 to round 3 of one
   federated round: between rounds 0 and 2 it holds ``c_sk``, ``s_sk``, ``b_u``, its neighbours'
