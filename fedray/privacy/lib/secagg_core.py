@@ -31,16 +31,16 @@ unmasking (a dropped client's ``s_sk``) helps in another.
 
 Threat model: honest-but-curious server, and clients that follow the protocol. The server plus
 fewer than ``t`` colluding neighbours of a client hold fewer than ``t`` shares of each of its
-secrets and the server asks for only one of the two, so that client's input stays masked by a
-PRG stream nobody in the coalition can compute; only the sum is revealed. The server sees only
-public keys, ciphertexts it cannot open, masked inputs (uniform in ``Z_{2**bits}``), the shares
-it asks for and the sum. A client refuses an unmasking
-request that would reveal both masks of one neighbour (survivors and dropped overlapping, or a
-neighbour in neither, or itself in dropped) and one that leaves fewer than ``t`` of its
-neighbours surviving. Inputs (a client's update after encoding) never leave the client unmasked;
-with fewer than ``min_clients`` survivors the server aborts instead of unmasking a small sum.
-Not covered: a malicious server that sends different survivor sets to different clients (needs
-the signed consistency round), and the sum itself (add DP noise on top for that).
+secrets and the server asks for only one of the two, so that client's input stays masked by a PRG
+stream nobody in the coalition can compute; only the sum is revealed. The server sees only public
+keys, ciphertexts it cannot open, masked inputs (uniform in ``Z_{2**bits}``), the shares it asks
+for and the sum. A client refuses an unmasking request that would reveal both masks of one
+neighbour (survivors and dropped overlapping, or a neighbour in neither, or itself in dropped) and
+one that leaves fewer than ``t`` of its neighbours surviving. Inputs (a client's update after
+encoding) never leave the client unmasked; with fewer than ``min_clients`` survivors the server
+aborts instead of unmasking a small sum. Not covered: a malicious server that sends different
+survivor sets to different clients (needs the signed consistency round), and the sum itself (add DP
+noise on top for that).
 
 Cost knobs (all in :class:`~secagg_types.SecAggConfig`): ``degree`` (None: complete graph,
 O(n) key agreements, PRG expansions and shares per client; an even k, e.g.
