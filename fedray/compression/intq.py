@@ -66,7 +66,9 @@ def check_block(block: int) -> None:
         raise ValueError(f"block={block} must be an even number >= 2")
 
 
-def block_scales(x: np.ndarray, seg: np.ndarray, block: int, top: float) -> tuple:
+def block_scales(
+    x: np.ndarray, seg: np.ndarray, block: int, top: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scale bits, per-value scale, block lengths) for absmax scaling to `[-top, top]`."""
     starts, lengths = block_layout(seg, block)
     amax = block_reduce(np.maximum, np.abs(x), starts)

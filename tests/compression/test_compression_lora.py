@@ -20,6 +20,7 @@ TABLE = [
     [{"name": "int4"}],
     [{"name": "nf4"}],
     [{"name": "qsgd"}],
+    [{"name": "qsgd", "norm": "max"}],
     [{"name": "sign"}],
     [{"name": "topk", "fraction": 0.01}],
     [{"name": "topk", "fraction": 0.1}],
