@@ -2,28 +2,35 @@
 
 Only trainable parameters travel: :func:`get_trainable_state` / :func:`set_trainable_state` use
 peft's functional API for adapters and the plain `state_dict` for full fine-tuning.
+
+Importing this package is cheap: the names below load torch, transformers and peft on first use,
+so the process that only coordinates (and checks model paths, :mod:`fedray.models.paths`) never
+imports them.
 """
 
-from fedray.models.loading import encode, load_model, load_tokenizer
-from fedray.models.paths import BUILTIN_MODELS, resolve_model_path
-from fedray.models.state import (
-    get_trainable_state,
-    set_trainable_state,
-    state_keys,
-    trainable_parameters,
-)
-from fedray.models.tiny import save_tiny_causal_lm, save_tiny_classifier
+from __future__ import annotations
 
-__all__ = [
-    "BUILTIN_MODELS",
-    "encode",
-    "get_trainable_state",
-    "load_model",
-    "load_tokenizer",
-    "resolve_model_path",
-    "save_tiny_causal_lm",
-    "save_tiny_classifier",
-    "set_trainable_state",
-    "state_keys",
-    "trainable_parameters",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "BUILTIN_MODELS": "paths",
+    "resolve_model_path": "paths",
+    "encode": "loading",
+    "load_model": "loading",
+    "load_tokenizer": "loading",
+    "get_trainable_state": "state",
+    "set_trainable_state": "state",
+    "state_keys": "state",
+    "trainable_parameters": "state",
+    "save_tiny_causal_lm": "tiny",
+    "save_tiny_classifier": "tiny",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fedray.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fedray.models.{_LAZY[name]}"), name)

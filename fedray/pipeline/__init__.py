@@ -12,18 +12,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedray.compression.base import Codec, Wire, as_wire
+import numpy as np
+
 from fedray.core import registry
 from fedray.core.config import FedrayConfig
 from fedray.core.errors import ConfigError
 from fedray.core.types import ClientState, Contribution, State, StateSpec, Update
 from fedray.privacy.base import Mechanism
 
+Wire = np.ndarray
+"""What travels: a flat uint8 array (zero-copy through Ray's object store); its length is the
+number of bytes counted up or down."""
+
+
+def as_wire(data: Any) -> Wire:
+    """A payload (bytes, memoryview or uint8 array) as a flat uint8 array, without a copy."""
+    return data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+
 
 class Pipeline:
-    """The codecs and the mechanism of one run."""
+    """The codecs and the mechanism of one run.
 
-    def __init__(self, up: Codec, down: Codec, mechanism: Mechanism) -> None:
+    A codec (:class:`~fedray.compression.lib.chain.Chain` or `none`) has ``encode(state, *,
+    spec, seed, residual) -> (payload, residual)`` and ``decode(payload, spec) -> state``.
+    """
+
+    def __init__(self, up: Any, down: Any, mechanism: Mechanism) -> None:
         self.up, self.down, self.mechanism = up, down, mechanism
 
     @classmethod
@@ -42,7 +56,7 @@ class Pipeline:
     def encode_down(self, state: State, spec: StateSpec, *, seed: int) -> Wire:
         """The broadcast payload of the (shared) global state, encoded once per round."""
         payload, _ = self.down.encode(state, spec=spec, seed=seed)
-        return payload
+        return as_wire(payload)
 
     def decode_down(self, payload: Any, spec: StateSpec) -> State:
         """The global state a client trains from."""
@@ -79,6 +93,7 @@ class Pipeline:
         payload, residual = self.up.encode(
             sent, spec=spec, seed=seed, residual=client_state.get("codec")
         )
+        payload = as_wire(payload)
         new_state = dict(client_state)
         if residual is None:
             new_state.pop("codec", None)
