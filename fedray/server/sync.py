@@ -31,13 +31,13 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
     updates = sorted(calls.values, key=lambda u: u.client_id)
     failures = list(calls.failures)
     if p.pipeline.sum_only:  # 5./6. the mechanism sums what it cannot read one by one
-        contributions, rejected = [], []
-        usable = len(updates)
+        contributions, rejected, usable = [], [], updates
     else:
         contributions, rejected = p.screen(bcast, updates, m.max_norm_ratio)
-        usable = len(contributions)
+        ok = {c.client_id for c in contributions}
+        usable = [u for u in updates if u.client_id in ok]
     failures += rejected
-    shortfall = quorum_shortfall(rnd, usable, len(cohort), m.min_clients, failures)
+    shortfall = quorum_shortfall(rnd, len(usable), len(cohort), m.min_clients, failures)
     aggregate: Aggregate | None = None
     new_state = global_state
     if shortfall is None:
@@ -45,24 +45,18 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
             if p.strategy.requires_individual_updates:  # 5. robust rules read every update
                 new_state = p.strategy.aggregate(global_state, contributions)
             else:
-                aggregate = mechanism.reduce(contributions, updates, ctx, io)  # 5. + 6.
+                aggregate = mechanism.reduce(contributions, usable, ctx, io)  # 5. + 6.
                 new_state = p.strategy.step(global_state, aggregate)  # 7. server step
         except ValueError as exc:
             shortfall = (
                 f"round {rnd}: algorithm={p.spec.algorithm.name} cannot aggregate "
-                f"{usable} updates: {exc}; raise mode.min_clients accordingly"
+                f"{len(usable)} updates: {exc}; raise mode.min_clients accordingly"
             )
     if shortfall is not None and m.on_quorum_loss == "stop":
         raise QuorumError(f"{shortfall}; or set mode.on_quorum_loss=skip")
     if shortfall is None and aggregate is not None:
         mechanism.after_round(ctx, aggregate)  # 6. accountant step
-    if shortfall is not None:
-        accepted = []
-    elif p.pipeline.sum_only:
-        accepted = updates
-    else:
-        ok = {c.client_id for c in contributions}
-        accepted = [u for u in updates if u.client_id in ok]
+    accepted = [] if shortfall is not None else usable
     p.commit(rnd, accepted)  # 8. commit
     metrics = update_metrics(accepted, updates)
     metrics.update(
