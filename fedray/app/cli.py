@@ -10,6 +10,7 @@ for each combination of a sweep, so bad input costs a second and one line of err
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import signal
@@ -208,6 +209,13 @@ def main() -> None:
     # (the MLflow run ends FAILED, Ray shuts down) instead of dying mid-write.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     argv = sys.argv[1:]
+    if argv and argv[0] == "submit":  # a run or sweep as a job on a Ray cluster
+        # by name: fedray.app.submit builds on this module's helpers, not the other way round
+        submit = importlib.import_module("fedray.app.submit")
+        try:
+            raise SystemExit(submit.main(argv[1:]))
+        except FedrayError as exc:
+            fail(condense(str(exc)))
     if argv and argv[0] == "resume":
         if len(argv) != 2:
             fail("usage: fedray resume RUN_DIR|MLFLOW_RUN_ID")
