@@ -81,6 +81,7 @@ class LocalCluster:
         self.port, self.dashboard_port = free_port(), free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
+        self.starts: list[tuple] = []  # how each node was started (to restart it)
 
     @property
     def auth_env(self) -> dict[str, str]:
@@ -122,6 +123,7 @@ class LocalCluster:
             cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
         log = Path(self.temp_dir) / f"{name}.log"
         self.logs.append(log)
+        self.starts.append((args, name, sandbox))
         with log.open("wb") as out:
             self.procs.append(
                 subprocess.Popen(
@@ -162,10 +164,23 @@ class LocalCluster:
         """Until `count` nodes are alive and the job server accepts requests."""
         end = time.monotonic() + timeout_s
         last = ""
+        restarts = 0
         while time.monotonic() < end:
-            for proc, log in zip(self.procs, self.logs, strict=True):
-                if proc.poll() is not None:
+            for i, (proc, log) in enumerate(zip(self.procs, self.logs, strict=True)):
+                if proc.poll() is None:
+                    continue
+                # a loaded machine can make a worker's raylet miss Ray's fixed 30 s
+                # registration window; start that worker again (twice at most)
+                if i == 0 or restarts >= 2:
                     raise RuntimeError(f"{log.name} exited: {log.read_text()[-2000:]}")
+                restarts += 1
+                args, name, sandbox = self.starts[i]
+                self._start(args, f"{name}-again{restarts}", sandbox)
+                self.procs[i], self.logs[i], self.starts[i] = (
+                    self.procs.pop(),
+                    self.logs.pop(),
+                    self.starts.pop(),
+                )
             try:
                 alive = [
                     n

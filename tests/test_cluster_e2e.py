@@ -81,8 +81,8 @@ def cluster(tmp_path_factory):
             _write_silo(staged / "train.csv", seed=i)
             mount = Path(c.temp_dir) / f"silo_{name}"
             c.add_worker(1, {"silo": name}, sandbox=(mount, staged))
+            c.wait_nodes(2 + i)  # one at a time: a loaded machine starts raylets slowly
             silos[name] = mount / "train.csv"
-        c.wait_nodes(3)
         for name in silos:  # the staged copies go; only the silo's namespace keeps its file
             for f in (Path(c.temp_dir) / f"stage_{name}").iterdir():
                 f.unlink()

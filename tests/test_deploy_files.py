@@ -52,7 +52,6 @@ def test_compose_references_exist() -> None:
     doc = _compose()
     services, volumes = doc["services"], set(doc["volumes"])
     assert {"postgres", "mlflow", "ray-head", "ray-worker", "submit"} <= set(services)
-    images = {s.get("image") for s in services.values() if "build" in s}
     for name, service in services.items():
         build = service.get("build")
         if build:
@@ -60,20 +59,14 @@ def test_compose_references_exist() -> None:
             assert context == ROOT, name
             assert (context / build["dockerfile"]).is_file(), name
         else:
-            assert (
-                service["image"] in images
-                or "/" not in service["image"]
-                or ":" in (service["image"])
-            ), name
+            assert ":" in service["image"], name  # a pinned public image
         for mount in service.get("volumes", []):
             volume, _, target = mount.partition(":")
             assert volume in volumes and target.startswith("/"), (name, mount)
         for dep in service.get("depends_on", {}):
             assert dep in services, (name, dep)
-    # the images of the services without a build step are built by one that has it
-    built = {services["ray-head"]["image"]}
-    for name in ("ray-worker", "submit"):
-        assert services[name]["image"] in built, name
+    fedray = [services[n] for n in ("ray-head", "ray-worker", "submit")]
+    assert len({(s["image"], s["build"]["dockerfile"]) for s in fedray}) == 1  # one image
 
 
 def test_compose_ports_match_the_commands() -> None:

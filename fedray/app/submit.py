@@ -354,6 +354,7 @@ def main(argv: list[str], out=sys.stdout) -> int:
     """`fedray submit`; returns the exit status (0: submitted, or succeeded with --wait)."""
     import logging
 
+    enable_token_auth()  # before Ray reads its configuration
     import ray  # noqa: F401 (it sets up its loggers on import: quiet them after)
 
     logging.getLogger("ray").setLevel(logging.WARNING)  # fedray prints what happens
@@ -376,7 +377,6 @@ def main(argv: list[str], out=sys.stdout) -> int:
             "(pip install -e .)"
         )
     check_size(root)
-    enable_token_auth()
     client = connect(options.address)
     sid = submission_id(args, options, tree_uri(root))
     if options.rerun:
