@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedray.app import submit
+from fedray.app import package, submit
 from fedray.core.errors import ConfigError
 
 
@@ -82,21 +82,21 @@ def _project(tmp_path: Path) -> Path:
 
 def test_shipped_files_leave_out_git_outputs_stores_and_venvs(tmp_path: Path) -> None:
     root = _project(tmp_path)
-    shipped = sorted(p for _, p in submit.shipped_files(root))
+    shipped = sorted(p for _, p in package.shipped_files(root))
     assert shipped == [
         "big/other.bin",
         "big/weights.bin",
         "conf/config.yaml",
         "fedray/__init__.py",
     ]
-    assert submit.check_size(root, limit=10_000) == 5020
+    assert package.check_size(root, limit=10_000) == 5020
 
 
 def test_over_the_upload_limit_names_the_largest_files(tmp_path: Path) -> None:
     root = _project(tmp_path)
     (root / "big" / "weights.bin").write_bytes(bytes(range(256)) * 400)  # barely compressible
     with pytest.raises(ConfigError) as err:
-        submit.check_size(root, limit=1000)
+        package.check_size(root, limit=1000)
     message = str(err.value)
     assert "over Ray's upload limit" in message
     assert message.index("big/weights.bin") < message.index("big/other.bin")
@@ -106,22 +106,22 @@ def test_over_the_upload_limit_names_the_largest_files(tmp_path: Path) -> None:
 def test_submission_id_is_stable_and_tracks_command_and_tree(tmp_path: Path) -> None:
     root = _project(tmp_path)
     options, _ = submit.parse([])
-    tree = submit.tree_uri(root)
+    tree = package.tree_uri(root)
     a = submit.submission_id(["mode.rounds=3"], options, tree)
-    assert a == submit.submission_id(["mode.rounds=3"], options, submit.tree_uri(root))
+    assert a == submit.submission_id(["mode.rounds=3"], options, package.tree_uri(root))
     assert a.startswith("fedray-") and len(a) == len("fedray-") + 12
     assert a != submit.submission_id(["mode.rounds=4"], options, tree)
     (root / "fedray" / "__init__.py").write_text("changed")
-    assert a != submit.submission_id(["mode.rounds=3"], options, submit.tree_uri(root))
+    assert a != submit.submission_id(["mode.rounds=3"], options, package.tree_uri(root))
     (root / "outputs" / "new.txt").write_text("outputs do not ship")
-    tree2 = submit.tree_uri(root)
+    tree2 = package.tree_uri(root)
     (root / "outputs" / "newer.txt").write_text("nor change the id")
-    assert submit.tree_uri(root) == tree2
+    assert package.tree_uri(root) == tree2
 
 
 def test_the_project_itself_ships_under_the_limit() -> None:
-    size = submit.check_size(submit.PROJECT)
-    shipped = {p for _, p in submit.shipped_files(submit.PROJECT)}
+    size = package.check_size(package.PROJECT)
+    shipped = {p for _, p in package.shipped_files(package.PROJECT)}
     assert "conf/config.yaml" in shipped and "fedray/app/submit.py" in shipped
     assert not any(p.startswith((".git/", "outputs/")) or p == ".git" for p in shipped)
     assert 0 < size < 50 * 2**20
