@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedray.core.config import FedrayConfig
-from fedray.core.errors import DataError
+from fedray.core.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,12 @@ def start_silos(run: FedrayConfig) -> list[Any]:
     check_silo_nodes(run, ray.nodes())
     holders = []
     for i, silo in enumerate(run.cluster.silos):
-        cls = ray.remote(SiloData).options(num_cpus=0, label_selector=dict(silo.labels))
+        try:
+            cls = ray.remote(SiloData).options(num_cpus=0, label_selector=dict(silo.labels))
+        except (TypeError, ValueError) as exc:  # a Ray without actor label selectors
+            raise ConfigError(
+                f"cluster.silos needs Ray node labels (actor label_selector), which Ray "
+                f"{ray.__version__} refuses ({str(exc).splitlines()[0]}); use Ray 2.60"
+            ) from None
         holders.append(cls.remote(run, i))
     return holders

@@ -81,3 +81,21 @@ def test_bad_silo_settings_are_one_line(overrides: list[str], needle: str) -> No
 def test_files_silos_need_a_path_each() -> None:
     with pytest.raises(ConfigError, match=r"cluster.silos\[0\].path is required with data=files"):
         _spec("data=files", "cluster.silos=[{name:a,labels:{silo:a}}]")
+
+
+def test_a_ray_without_label_selectors_is_one_line(monkeypatch) -> None:
+    import ray
+
+    from fedray.client import silo
+
+    node = {"Alive": True, "Labels": {"silo": "a"}, "Resources": {"CPU": 4.0}}
+    monkeypatch.setattr(ray, "nodes", lambda: [node])
+
+    class OldActorClass:
+        def options(self, **options):
+            if "label_selector" in options:
+                raise ValueError("Invalid option keyword label_selector for actors.")
+
+    monkeypatch.setattr(ray, "remote", lambda cls: OldActorClass())
+    with pytest.raises(ConfigError, match=r"refuses \(Invalid option keyword label_selector"):
+        silo.start_silos(_spec())
