@@ -181,9 +181,8 @@ def test_k8s_writes_a_rayjob_for_the_command(tmp_path: Path) -> None:
 
 
 def test_a_token_in_the_environment_turns_token_auth_on(monkeypatch) -> None:
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "abc")
+    # A private copy of the environment: the mode it writes must not leak into the Ray tests.
+    monkeypatch.setattr(submit.os, "environ", {"RAY_AUTH_TOKEN": "abc"})
     submit.enable_token_auth()
     assert submit.os.environ["RAY_AUTH_MODE"] == "token"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit mode is left alone
