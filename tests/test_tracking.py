@@ -151,13 +151,23 @@ def test_exception_marks_failed_then_resume_appends(store: Path) -> None:
 
 @pytest.mark.parametrize(
     ("exc", "status"),
-    [(KeyboardInterrupt(), "FAILED"), (SystemExit(3), "FAILED"), (SystemExit(0), "FINISHED")],
+    [
+        (KeyboardInterrupt(), "KILLED"),
+        (SystemExit(3), "FAILED"),
+        (SystemExit(0), "FINISHED"),
+        (RuntimeError("boom\nsecond line"), "FAILED"),
+    ],
 )
 def test_exit_status(store: Path, exc: BaseException, status: str) -> None:
     with pytest.raises(type(exc)), _tracker(store, experiment="exits") as t:
         run_id = t.start("exit")
         raise exc
-    assert MlflowClient(tracking_uri=t.uri).get_run(run_id).info.status == status
+    run = MlflowClient(tracking_uri=t.uri).get_run(run_id)
+    assert run.info.status == status
+    if isinstance(exc, RuntimeError):
+        assert run.data.tags["fedray.error"] == "RuntimeError: boom"
+    else:
+        assert "fedray.error" not in run.data.tags
 
 
 def test_end_is_idempotent_and_parent_and_atexit(store: Path) -> None:
@@ -172,7 +182,7 @@ def test_end_is_idempotent_and_parent_and_atexit(store: Path) -> None:
     assert client.get_run(child_id).info.status == "KILLED"
     with pytest.raises(ValueError):
         child.end("DONE")
-    tracking._end_open_trackers()  # what atexit does with a run nobody ended
+    tracking.end_open_trackers()  # what atexit does with a run nobody ended
     assert client.get_run(parent_id).info.status == "FAILED"
     assert parent not in tracking._open_trackers
 

@@ -36,6 +36,11 @@ DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 PARENT_RUN_TAG = "mlflow.parentRunId"
+ERROR_TAG = "fedray.error"  # the one-line error of a run that ended FAILED or KILLED
+# The MLflow 3.x UI opens an experiment in its GenAI "evaluation runs" view unless this tag says
+# what the experiment is for; "custom_model_development" opens the model-training runs view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _LOCAL_SCHEMES = ("", "file", "sqlite")
 # Fallbacks matching mlflow 3.17's mlflow.utils.validation (used only if that import moves).
 _MAX_PARAMS_PER_BATCH = 100
@@ -115,13 +120,24 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def _end_open_trackers() -> None:
-    """atexit: a run still open when the interpreter exits did not finish cleanly."""
+def end_open_trackers(status: str = "FAILED") -> None:
+    """End every run this process still has open with ``status`` (atexit: FAILED)."""
     for tracker in list(_open_trackers):
         try:
-            tracker.end("FAILED")
+            tracker.end(status)
         except Exception as exc:
             log.warning("could not end MLflow run %s: %s", tracker.run_id, exc)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, prefixed by its type unless a FedrayError."""
+    from fedray.core.errors import FedrayError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, FedrayError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
 
 
 class Tracker:
@@ -167,7 +183,9 @@ class Tracker:
         if exp is None:
             try:
                 return client.create_experiment(
-                    self.experiment, artifact_location=self.artifact_location()
+                    self.experiment,
+                    artifact_location=self.artifact_location(),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                 )
             except MlflowException:  # created concurrently by a sibling sweep job
                 exp = client.get_experiment_by_name(self.experiment)
@@ -175,6 +193,8 @@ class Tracker:
                     raise
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # never overrides a kind the user picked
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
 
     def _system_tags(self, tags: dict[str, str]) -> dict[str, str]:
@@ -244,13 +264,16 @@ class Tracker:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        """End FINISHED, or FAILED if an exception (not ``SystemExit(0)``) is escaping."""
+        """End FINISHED; KILLED on Ctrl-C or SIGTERM (KeyboardInterrupt); FAILED if another
+        exception (not ``SystemExit(0)``) is escaping, with its first line as ``fedray.error``."""
         clean = exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None))
-        status = "FINISHED" if clean else "FAILED"
-        if exc is None:
-            self.end(status)
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        if clean:
+            self.end("FINISHED")
             return
         try:  # never mask the exception that is already escaping
+            if self.active and not isinstance(exc, KeyboardInterrupt | SystemExit):
+                self.set_tags({ERROR_TAG: one_line(exc)})
             self.end(status)
         except Exception as end_exc:
             log.warning("could not mark MLflow run %s %s: %s", self.run_id, status, end_exc)
@@ -369,7 +392,7 @@ def _register(tracker: Tracker) -> None:
     global _atexit_registered
     _open_trackers.add(tracker)
     if not _atexit_registered:
-        atexit.register(_end_open_trackers)
+        atexit.register(end_open_trackers)
         _atexit_registered = True
 
 
@@ -381,4 +404,11 @@ def _close_figure(fig: Any) -> None:
         sys.modules["matplotlib.pyplot"].close(fig)
 
 
-__all__ = ["Tracker", "default_tracking_uri", "flatten_config", "is_local_uri"]
+__all__ = [
+    "Tracker",
+    "default_tracking_uri",
+    "end_open_trackers",
+    "flatten_config",
+    "is_local_uri",
+    "one_line",
+]
