@@ -122,10 +122,20 @@ def sweep_space(overrides: list[str]):
     checks `hydra/sweeper=...` and `hydra.*` keys, so a bad one is one line here, not a
     multi-line Hydra error after the sweep has started.
     """
+    for override in overrides:
+        if override.lstrip("+").startswith("hydra.sweeper.params="):
+            raise ConfigError(
+                f"{override}: Hydra cannot take a search space as one dict on the command line; "
+                "sweep each key on its own (client.lr='interval(1e-4,1e-2)' "
+                "partition.alpha=0.1,1.0) or declare hydra.sweeper.params in a conf/experiment/ "
+                "preset"
+            )
     first = parse_space(overrides, conf_dir=CONF_DIR)
     hydra_cfg = compose(first.fixed, hydra=True).hydra
-    params = hydra_cfg.sweeper.get("params") or {}
-    if not isinstance(params, DictConfig):
+    params = hydra_cfg.sweeper.get("params")
+    if params is None:
+        params = {}
+    elif not isinstance(params, DictConfig):
         raise ConfigError(
             "hydra.sweeper.params must map keys to sweep strings; declare it in a "
             "conf/experiment/ preset, or sweep on the command line (key=a,b or interval(lo,hi))"
@@ -236,11 +246,16 @@ def _report_sweep() -> None:
         return
     where = f"; MLflow parent run {STATE.parent_run_id}" if STATE.parent_run_id else ""
     if failed:
-        names = ", ".join(f"#{j.num} ({' '.join(j.overrides)})" for j in failed)
+        names = ", ".join(f"#{j.num} ({_axis_values(j.overrides, STATE.axes)})" for j in failed)
         fail(
             f"{len(failed)} of {len(STATE.jobs)} sweep jobs failed: {names}{where}", EXIT_FAILED
         )
     print(f"sweep: {len(STATE.jobs)} jobs finished{where}")
+
+
+def _axis_values(overrides: list[str], axes: list[str]) -> str:
+    picked = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in axes]
+    return " ".join(picked or overrides)
 
 
 def run(argv: list[str]) -> None:

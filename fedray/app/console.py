@@ -51,10 +51,15 @@ def condense(text: str) -> str:
     return "; ".join(keep[:4]) if keep else "invalid configuration"
 
 
+_sigterm_seen = False  # Ray's blocking calls re-raise a plain KeyboardInterrupt of their own
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _sigterm_seen
     # Later SIGTERMs are ignored while the first one unwinds (Ray shutdown, MLflow status);
     # SIGKILL still ends the process.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _sigterm_seen = True
     raise Terminated()
 
 
@@ -67,10 +72,11 @@ def interrupted(exc: KeyboardInterrupt) -> NoReturn:
     """The one line a terminated or interrupted command ends with."""
     from fedray.tracking.tracker import end_open_trackers
 
+    # Runs whose `with Tracker` block unwound are already KILLED; this ends any still open.
     end_open_trackers("KILLED")
-    if isinstance(exc, Terminated):
-        fail("terminated by SIGTERM; the MLflow run was marked KILLED", EXIT_SIGTERM)
-    fail("interrupted; the MLflow run was marked KILLED", EXIT_SIGINT)
+    if isinstance(exc, Terminated) or _sigterm_seen:
+        fail("terminated by SIGTERM; open MLflow runs were marked KILLED", EXIT_SIGTERM)
+    fail("interrupted; open MLflow runs were marked KILLED", EXIT_SIGINT)
 
 
 class VerbParser(argparse.ArgumentParser):

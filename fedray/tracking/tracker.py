@@ -120,13 +120,17 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def end_open_trackers(status: str = "FAILED") -> None:
-    """End every run this process still has open with ``status`` (atexit: FAILED)."""
+def end_open_trackers(status: str = "FAILED") -> list[str]:
+    """End every run this process still has open with ``status`` (atexit: FAILED); their ids."""
+    ended = []
     for tracker in list(_open_trackers):
         try:
+            run_id = tracker.run_id
             tracker.end(status)
+            ended.append(str(run_id))
         except Exception as exc:
             log.warning("could not end MLflow run %s: %s", tracker.run_id, exc)
+    return ended
 
 
 def one_line(exc: BaseException) -> str:

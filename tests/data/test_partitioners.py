@@ -186,10 +186,10 @@ def test_redraw_meets_the_minimum_and_keeps_a_first_draw_that_already_does() -> 
     cfg = _cfg("dirichlet", 24, alpha=0.1)
     first = partition(pool, labels, None, cfg, seed=0)
     assert min(len(c) for c in first) == 0  # the first draw leaves a client empty
-    redrawn = partition(pool, labels, None, replace(cfg, min_samples_per_client=5), seed=0)
-    assert min(len(c) for c in redrawn) >= 5
+    redrawn = partition(pool, labels, None, replace(cfg, min_samples_per_client=1), seed=0)
+    assert min(len(c) for c in redrawn) >= 1
     assert _flat(redrawn) == sorted(pool.tolist())
-    again = partition(pool, labels, None, replace(cfg, min_samples_per_client=5), seed=0)
+    again = partition(pool, labels, None, replace(cfg, min_samples_per_client=1), seed=0)
     assert [c.tolist() for c in again] == [c.tolist() for c in redrawn]  # seeded re-draws
     easy = _cfg("dirichlet", 4, alpha=1.0)
     unchanged = partition(pool, labels, None, easy, seed=3)
