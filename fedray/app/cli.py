@@ -258,8 +258,14 @@ def _axis_values(overrides: list[str], axes: list[str]) -> str:
     return " ".join(picked or overrides)
 
 
+# Hydra's Optuna sweeper with fedray's defaults (the task's direction, a seeded TPE, storage
+# under the sweep dir): conf/hydra/sweeper/fedray_optuna.yaml extends the plugin's `optuna`.
+SWEEPER_ALIASES = {"hydra/sweeper=optuna": "hydra/sweeper=fedray_optuna"}
+
+
 def run(argv: list[str]) -> None:
     """The default verb: one experiment, or a sweep with -m."""
+    argv = [SWEEPER_ALIASES.get(a, a) for a in argv]
     try:
         precheck(argv)
     except FedrayError as exc:

@@ -10,7 +10,6 @@ both name. Only an interval has no finite list of values: the pre-check validate
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ class Axis:
     """One swept key: a finite list of override values, or an interval.
 
     Attributes:
-        key: The config key (or group), as written in the override.
+        key: The config key (or group) as written in the override, with any `+`/`~` prefix.
         values: The override values as strings (choice, range, glob); empty for an interval.
         low, high: An interval's ends (inclusive).
         log: The interval is sampled on a log scale (`tag(log, interval(...))`).
@@ -83,7 +82,8 @@ class Space:
         grids = [self.axes[k].check_values() for k in keys]
         out = []
         for values in itertools.islice(itertools.product(*grids), limit):
-            out.append([*self.fixed, *(f"{k}={v}" for k, v in zip(keys, values, strict=True))])
+            pairs = zip(keys, values, strict=True)
+            out.append([*self.fixed, *(f"{self.axes[k].key}={v}" for k, v in pairs)])
         return out or [list(self.fixed)]
 
 

@@ -86,17 +86,24 @@ class SweepCallback(Callback):  # type: ignore[misc, valid-type]
 
     def __init__(self) -> None:
         self.tracker: Tracker | None = None
+        self.ray: Any = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from fedray.app.cluster import ray_session
+        from fedray.app.spec import build_spec
+
         STATE.__init__()  # type: ignore[misc]
         STATE.axes = sweep_axes(config)
         os.environ[ENV_AXES] = json.dumps(STATE.axes)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         info: dict[str, Any] = {"axes": STATE.axes, "parent_run_id": None}
+        spec = build_spec(_job_config(config))
+        if not any(a == "cluster" or a.startswith("cluster.") for a in STATE.axes):
+            # One Ray for every job (each job reuses an initialised Ray): saves its start-up,
+            # several seconds a job. Its actors die with the job's driver.
+            self.ray = ray_session(spec.cluster)
+            self.ray.__enter__()
         if config.tracking.enabled:
-            from fedray.app.spec import build_spec
-
-            spec = build_spec(_job_config(config))
             self.tracker = Tracker(spec.tracking, str(config.hydra.runtime.cwd))
             name = f"{config.name}-sweep"
             tags = {
@@ -129,19 +136,27 @@ class SweepCallback(Callback):  # type: ignore[misc, valid-type]
         STATE.jobs.append(JobRecord(num, overrides, ok, error))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        session, self.ray = self.ray, None
+        if session is not None:
+            session.__exit__(None, None, None)
         tracker, self.tracker = self.tracker, None
-        if tracker is None or not tracker.active:
-            return
-        try:
-            rows = summary_rows(tracker, STATE.parent_run_id or "", STATE.axes)
-            tracker.log_text(rows_to_csv(rows), "sweep_summary.csv")
-            tracker.log_text(rows_to_markdown(rows), "sweep_summary.md")
-            failed = len(STATE.failed)
-            tracker.log_metrics({"jobs": len(STATE.jobs), "jobs_failed": failed}, step=0)
-            all_failed = bool(STATE.jobs) and failed == len(STATE.jobs)
-            tracker.end("FAILED" if all_failed else "FINISHED")
-        finally:
-            tracker.end("FAILED")  # no-op once ended
+        if tracker is not None and tracker.active:
+            close_parent(tracker, STATE)
+
+
+def close_parent(tracker: Tracker, state: SweepState, metrics: dict[str, float] | None = None):
+    """Log the sweep summary on the parent run and end it (FAILED only if every job failed)."""
+    try:
+        rows = summary_rows(tracker, state.parent_run_id or "", state.axes)
+        tracker.log_text(rows_to_csv(rows), "sweep_summary.csv")
+        tracker.log_text(rows_to_markdown(rows), "sweep_summary.md")
+        failed = len(state.failed)
+        tracker.log_metrics({"jobs": len(state.jobs), "jobs_failed": failed, **(metrics or {})}, 0)
+        all_failed = bool(state.jobs) and failed == len(state.jobs)
+        tracker.end("FAILED" if all_failed else "FINISHED")
+    except Exception as exc:  # a summary that cannot be written must not hide the sweep's jobs
+        log.warning("could not write the sweep summary: %s", exc)
+        tracker.end("FINISHED")
 
 
 @dataclass(frozen=True)
