@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -58,6 +59,7 @@ _FLAGS_WITH_VALUE = {
     "--shell-completion",
     "-sc",
 }
+_COMPOSE_LOCK = threading.Lock()  # Hydra's compose API is process-global (`fedray tune` threads)
 _NO_PRECHECK = ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc")
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def compose(overrides: list[str], *, hydra: bool = False) -> DictConfig:
         raise ConfigError(f"config directory {CONF_DIR} is missing; install fedray with -e")
     register_configs()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with _COMPOSE_LOCK, initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         text, cause = str(exc), exc.__cause__
@@ -247,9 +249,7 @@ def _report_sweep() -> None:
     where = f"; MLflow parent run {STATE.parent_run_id}" if STATE.parent_run_id else ""
     if failed:
         names = ", ".join(f"#{j.num} ({_axis_values(j.overrides, STATE.axes)})" for j in failed)
-        fail(
-            f"{len(failed)} of {len(STATE.jobs)} sweep jobs failed: {names}{where}", EXIT_FAILED
-        )
+        fail(f"{len(failed)} of {len(STATE.jobs)} sweep jobs failed: {names}{where}", EXIT_FAILED)
     print(f"sweep: {len(STATE.jobs)} jobs finished{where}")
 
 

@@ -127,8 +127,13 @@ def partition(
         k = int(np.argmin(sizes)) if sizes else 0
         if not sizes or sizes[k] >= low:
             if draw:
-                log.info("partition.name=%s: draw %d of %d gives every client >= %d samples",
-                         name, draw + 1, draws, low)
+                log.info(
+                    "partition.name=%s: draw %d of %d gives every client >= %d samples",
+                    name,
+                    draw + 1,
+                    draws,
+                    low,
+                )
             return clients
         smallest = (k, sizes[k])
     k, size = smallest

@@ -143,7 +143,6 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-
 class Tracker:
     """One MLflow run; every method is a no-op when ``cfg.enabled`` is false."""
 
