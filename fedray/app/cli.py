@@ -286,6 +286,9 @@ def dispatch(verb: str, args: list[str]) -> None:
 def main() -> None:
     """The `fedray` console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # fedray prints each run's UI link itself (in the model-training view); MLflow's own
+    # "View run ... at" lines for http stores would repeat it on every run end.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     install_signal_handlers()
     argv = sys.argv[1:]
     try:

@@ -103,7 +103,7 @@ def ray_session(cluster) -> Iterator[bool]:
         # which prints native stack frames and aborts: the caller's handler decides instead.
         if on_sigterm is not None:
             signal.signal(signal.SIGTERM, on_sigterm)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # e.g. "The current node timed out during startup" (Exception)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         target = cluster.address or "a local instance"
         raise ConfigError(

@@ -37,10 +37,13 @@ ARTIFACT_DIR = "mlartifacts"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 PARENT_RUN_TAG = "mlflow.parentRunId"
 ERROR_TAG = "fedray.error"  # the one-line error of a run that ended FAILED or KILLED
-# The MLflow 3.x UI opens an experiment in its GenAI "evaluation runs" view unless this tag says
-# what the experiment is for; "custom_model_development" opens the model-training runs view.
+# What the experiment is for, as MLflow 3.x records it ("custom_model_development": training
+# runs, not GenAI traces and evaluations); read by MLflow UIs whose workflow switch is off.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI ignores that tag: its sidebar's GenAI / model-training switch decides, and a
+# link carrying this query opens the experiment in the model-training (runs) view.
+UI_VIEW = "?workflowType=machine_learning"
 _LOCAL_SCHEMES = ("", "file", "sqlite")
 # Fallbacks matching mlflow 3.17's mlflow.utils.validation (used only if that import moves).
 _MAX_PARAMS_PER_BATCH = 100
@@ -377,12 +380,19 @@ class Tracker:
     # -- helpers -----------------------------------------------------------------------------
 
     def ui_command(self) -> str:
-        """How to browse this store: ``mlflow ui --backend-store-uri <uri>``, or a server's URL."""
+        """How to browse this run's experiment in the MLflow UI, in its model-training view.
+
+        A server's URL, or ``mlflow ui --backend-store-uri <uri>`` and the page to open. MLflow
+        3.17's UI picks the GenAI or model-training view from its sidebar switch, carried as
+        ``?workflowType=`` (see :data:`UI_VIEW`), not from the experiment's tags.
+        """
         import shlex
 
+        page = f"#/experiments/{self.experiment_id}{UI_VIEW}" if self.experiment_id else ""
         if urlparse(self.uri).scheme in ("http", "https"):
-            return self.uri
-        return f"mlflow ui --backend-store-uri {shlex.quote(self.uri)}"
+            return f"{self.uri.rstrip('/')}/{page}" if page else self.uri
+        command = f"mlflow ui --backend-store-uri {shlex.quote(self.uri)}"
+        return f"{command}, then open http://127.0.0.1:5000/{page}" if page else command
 
     def run_url(self) -> str | None:
         """The run's page relative to the UI root (``#/experiments/<id>/runs/<run id>``)."""

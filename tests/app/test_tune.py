@@ -145,5 +145,5 @@ def test_trial_resources_fit_the_share(cpus, gpus, k, client, expected) -> None:
 
 
 def test_trial_resources_refuse_a_share_too_small() -> None:
-    with pytest.raises(ConfigError, match="GPUs, less than client.num_gpus=1"):
+    with pytest.raises(ConfigError, match=r"GPUs, less than client\.num_gpus=1"):
         trial_resources(8, 1, 2, _Client(num_cpus=1, num_gpus=1))
