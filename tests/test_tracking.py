@@ -228,9 +228,13 @@ def test_curve_figure_skips_missing_rounds() -> None:
         {"round": 3, "accuracy": 0.6},
     ]
     fig = curve_figure(history, ["loss", "accuracy", "absent"], "curves")
-    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy"]  # one panel per metric
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    assert [len(ax.get_lines()) for ax in fig.axes] == [1, 1]
     assert list(lines["loss"].get_xdata()) == [1, 2]
     assert list(lines["accuracy"].get_xdata()) == [2, 3]
+    loss_ax, acc_ax = fig.axes
+    assert acc_ax.get_ylim()[1] < 1.0 < loss_ax.get_ylim()[1]  # each keeps its own scale
     assert "absent" not in lines
     assert curve_figure([], ["loss"], "empty").axes[0].texts[0].get_text() == "no data"
 
