@@ -65,6 +65,9 @@ class SweepState:
     def failed(self) -> list[JobRecord]:
         return [j for j in self.jobs if not j.ok]
 
+    def reset(self) -> None:
+        self.parent_run_id, self.axes, self.jobs = None, [], []
+
 
 STATE = SweepState()
 
@@ -92,7 +95,7 @@ class SweepCallback(Callback):  # type: ignore[misc, valid-type]
         from fedray.app.cluster import ray_session
         from fedray.app.spec import build_spec
 
-        STATE.__init__()  # type: ignore[misc]
+        STATE.reset()
         STATE.axes = sweep_axes(config)
         os.environ[ENV_AXES] = json.dumps(STATE.axes)
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -128,10 +131,10 @@ class SweepCallback(Callback):  # type: ignore[misc, valid-type]
         error = ""
         ok = job_return.status == JobStatus.COMPLETED
         if ok:
-            value = job_return._return_value
+            value = job_return.return_value
             if isinstance(value, JobOutcome):
                 ok, error = value.ok, value.error
-        else:
+        else:  # `return_value` would re-raise the job's exception
             error = str(job_return._return_value).strip().splitlines()[0]
         STATE.jobs.append(JobRecord(num, overrides, ok, error))
 

@@ -96,24 +96,30 @@ class StudyResult:
 
 
 def distribution(axis: Axis) -> Any:
-    """The Optuna distribution of an axis (Optuna 2.x and 3.x names)."""
+    """The Optuna distribution of an axis (Float/IntDistribution on Optuna >= 3, else 2.x's)."""
     import optuna.distributions as d
 
-    if not axis.is_interval:
-        if axis.step is not None and len(axis.values) > 1:
-            low, high = float(axis.values[0]), float(axis.values[-1])
-            if all(v.lstrip("-").isdigit() for v in axis.values):
-                return d.IntUniformDistribution(int(low), int(high), step=int(axis.step))
-            return d.DiscreteUniformDistribution(low, high, float(axis.step))
+    if not axis.is_interval and (axis.step is None or len(axis.values) < 2):
         return d.CategoricalDistribution(list(axis.values))
-    low, high = axis.low, axis.high
-    assert low is not None and high is not None
-    if axis.integer:
+    if axis.is_interval:
+        assert axis.low is not None and axis.high is not None
+        low, high, step = axis.low, axis.high, None
+        integer = axis.integer
+    else:  # range(start, stop, step): a stepped grid
+        low, high, step = float(axis.values[0]), float(axis.values[-1]), float(axis.step or 1)
+        integer = all(v.lstrip("-").isdigit() for v in axis.values)
+    if hasattr(d, "FloatDistribution"):  # Optuna >= 3
+        if integer:
+            return d.IntDistribution(int(low), int(high), log=axis.log, step=int(step or 1))
+        return d.FloatDistribution(float(low), float(high), log=axis.log, step=step)
+    if integer:
         if axis.log:
             return d.IntLogUniformDistribution(int(low), int(high))
-        return d.IntUniformDistribution(int(low), int(high))
+        return d.IntUniformDistribution(int(low), int(high), step=int(step or 1))
     if axis.log:
         return d.LogUniformDistribution(float(low), float(high))
+    if step is not None:
+        return d.DiscreteUniformDistribution(float(low), float(high), step)
     return d.UniformDistribution(float(low), float(high))
 
 
@@ -199,7 +205,7 @@ def run_study(
     def one_trial(trial: Any) -> TrialRecord:
         params = dict(trial.params)
         overrides = [f"{space.axes[k].key}={override_value(v)}" for k, v in params.items()]
-        rounds_seen = [0]
+        rounds_seen, pruned = [0], [False]
 
         def on_round(rnd: int, metrics: dict[str, float]) -> str | None:
             rounds_seen[0] = rnd
@@ -208,9 +214,11 @@ def run_study(
                 return None
             with lock:
                 trial.report(float(value), rnd)
-                prune = trial.should_prune()
+                # the last round completes the trial: nothing left to save by pruning it
+                prune = rnd < rounds and trial.should_prune()
             line = f"trial {trial.number} round {rnd}: {objective_key}={value:.4f}"
             out(line + (" -> pruned" if prune else ""))
+            pruned[0] = prune
             return f"pruned by the {options.pruner} pruner after round {rnd}" if prune else None
 
         tags = {
@@ -222,7 +230,7 @@ def run_study(
         out(f"trial {trial.number} starts: {' '.join(overrides)}")
         state, error, value, ran = "COMPLETE", "", math.nan, 0
         try:
-            value, ran, stop = runner(
+            value, ran, _stop = runner(
                 overrides,
                 study_dir / f"trial_{trial.number:04d}",
                 f"trial-{trial.number}",
@@ -230,7 +238,7 @@ def run_study(
                 on_round,
             )
             ran = ran or rounds_seen[0]
-            if stop:
+            if pruned[0]:
                 state = "PRUNED"
             elif not math.isfinite(value):
                 state, error = "FAIL", f"{objective_key} was never evaluated (NaN)"
@@ -394,8 +402,8 @@ def tune(options: TuneOptions, overrides: list[str], out: Callable[[str], None] 
                 objective.key,
                 out,
             )
-        except BaseException:
-            parent.end("KILLED")
+        except BaseException as exc:
+            parent.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         _close(parent, result, study, objective.key)
     _print_table(result, objective.key, out)

@@ -293,7 +293,7 @@ def render_html(
             [
                 *(values.get(a, "") for a in shown_axes),
                 f"{_fmt(row.mean)}{mark}",
-                _fmt(row.std) if row.values else "-",
+                _fmt(row.std) if len(row.values) > 1 else "-",
                 f"{len(row.values)}/{row.runs}",
             ]
         )

@@ -147,3 +147,32 @@ def test_trial_resources_fit_the_share(cpus, gpus, k, client, expected) -> None:
 def test_trial_resources_refuse_a_share_too_small() -> None:
     with pytest.raises(ConfigError, match=r"GPUs, less than client\.num_gpus=1"):
         trial_resources(8, 1, 2, _Client(num_cpus=1, num_gpus=1))
+
+
+@pytest.mark.parametrize(
+    ("override", "low", "high", "log", "kind"),
+    [
+        ("lr=tag(log,interval(1e-4,1e-2))", 1e-4, 1e-2, True, float),
+        ("k=interval(1,8)", 1, 8, False, int),
+        ("n=range(2,10,2)", 2, 8, False, int),
+    ],
+)
+def test_axes_become_optuna_distributions(override, low, high, log, kind) -> None:
+    from fedray.app.tune import distribution
+
+    [axis] = parse_space([override]).axes.values()
+    dist = distribution(axis)
+    sample = dist.to_external_repr(dist.to_internal_repr(low))
+    assert (dist.low, dist.high) == (low, high) and isinstance(sample, kind)
+    assert getattr(dist, "log", log) == log or type(dist).__name__.startswith("Log")
+
+
+def test_choice_axis_is_categorical_and_space_errors_are_one_line() -> None:
+    from fedray.app.tune import distribution
+
+    [axis] = parse_space(["partition.alpha=0.1,1.0"]).axes.values()
+    assert list(distribution(axis).choices) == ["0.1", "1.0"]
+    with pytest.raises(ConfigError, match=r"needs low > 0"):
+        parse_space(["lr=tag(log,interval(0.0,1.0))"])
+    with pytest.raises(ConfigError, match=r"low < high"):
+        parse_space(["lr=interval(1.0,0.5)"])
