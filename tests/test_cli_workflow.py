@@ -246,3 +246,34 @@ def test_three_axis_sweep_is_one_parent_with_eight_tagged_children(
         r.data.metrics["bytes_up"] for r in children if r.data.tags["sweep.compression"] == "none"
     ]
     assert max(fp16) < min(dense)  # the swept codec really ran
+
+
+@pytest.mark.slow
+def test_tune_runs_a_pruned_study_on_ray(tmp_path: Path, tiny: Path) -> None:
+    args = [
+        "tune",
+        "--trials",
+        "4",
+        "--concurrency",
+        "2",
+        "--startup-trials",
+        "1",
+        "--warmup-rounds",
+        "0",
+        "client.lr=tag(log,interval(1e-5,1e-1))",
+        f"model.name_or_path={tiny}",
+        *[o for o in TINY if not o.startswith(("mode.rounds", "client.num_cpus"))],
+        "mode.rounds=3",
+    ]
+    proc = _fedray(args, tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    assert "each trial gets client.num_actors=1 client.num_cpus=1" in proc.stdout
+    [summary] = [ln for ln in proc.stdout.splitlines() if ln.startswith("tune: 4 trials")]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("fedray").experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("fedray.sweeper") == "fedray tune"]
+    trials = [r for r in runs if r is not parent]
+    assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
+    pruned = [r for r in trials if "fedray.stop_reason" in r.data.tags]
+    assert parent.data.metrics["trials_pruned"] == len(pruned)
+    assert f"({len(pruned)} pruned)" in summary

@@ -29,11 +29,9 @@ from fedray.app.console import (
     interrupted,
 )
 from fedray.app.preflight import check_overrides, check_tracking_uri, check_writable_dir
-from fedray.app.space import parse_space
+from fedray.app.space import CONF_DIR, parse_space
 from fedray.app.spec import build_spec, register_configs
 from fedray.core.errors import ConfigError, FedrayError
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 # `fedray VERB ...` -> "module:function"; the function takes the arguments after the verb.
 # One line per verb, so verbs added on different branches merge without touching each other.
@@ -185,8 +183,8 @@ def precheck(argv: list[str]) -> None:
 
 
 def _print_config(cfg: DictConfig, combo: list[str], mode: str, space) -> None:
-    if mode not in ("job", "all"):
-        fail(f"--cfg {mode} -m: only --cfg job (or all) can be printed per sweep combination")
+    if mode != "job":
+        fail(f"--cfg {mode} -m: only --cfg job can be printed per sweep combination")
     values = [o for o in combo if o.split("=")[0].lstrip("+~") in space.axes]
     print(f"# {' '.join(values) or '(no swept key)'}")
     print(OmegaConf.to_yaml(cfg), end="")

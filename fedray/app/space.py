@@ -18,6 +18,7 @@ from typing import Any
 from fedray.core.errors import ConfigError
 
 MAX_COMBINATIONS = 256  # sweep combinations composed and validated up front
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the config groups (an editable install)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def parse_axis(override: Any, conf_dir: Path | None) -> Axis | None:
 
 
 def parse_space(
-    overrides: list[str], params: dict[str, str] | None = None, conf_dir: Path | None = None
+    overrides: list[str], params: dict[str, str] | None = None, conf_dir: Path | None = CONF_DIR
 ) -> Space:
     """The fixed overrides and the axes of `params` (a preset's) then `overrides` (the CLI's)."""
     parser = _parser()
