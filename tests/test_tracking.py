@@ -292,7 +292,9 @@ def test_remote_server_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 t.log_metrics({"accuracy": step / 4}, step=step)
             t.log_figure(_figure(), "label_histogram.png")
             t.log_files({"a.txt": b"a"}, "files")
-        assert t.ui_command() == uri
+        assert (
+            t.ui_command() == f"{uri}/#/experiments/{t.experiment_id}?workflowType=machine_learning"
+        )
         client = MlflowClient(tracking_uri=uri)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"

@@ -179,7 +179,7 @@ def _new_figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    fig = Figure(figsize=(9.5, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_title(title)
@@ -210,8 +210,8 @@ def _lines(ax: Any, runs: list[RunData], xs_of: Any, key: str) -> int:
         labelled.add(g)
         ax.plot(xs, ys, marker="o", markersize=3, color=cmap(g % cmap.N), label=label, alpha=0.85)
         drawn += 1
-    if drawn and len(labelled) <= MAX_LEGEND:
-        ax.legend(fontsize="x-small")
+    if drawn and len(labelled) <= MAX_LEGEND:  # beside the axes, never over the lines
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return drawn
 
 
@@ -219,13 +219,18 @@ def figures(runs: list[RunData]) -> dict[str, Figure]:
     """name.png -> figure: objective vs round, vs cumulative MB, vs epsilon (if logged)."""
     key = runs[0].objective
     out: dict[str, Figure] = {}
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _new_figure(f"{key} by round", "round", key)
     _lines(ax, runs, lambda run, step: step, key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     out["objective_vs_round.png"] = fig
-    if any(r.cumulative_mb() for r in runs):
+    totals = [v for r in runs for v in r.cumulative_mb().values() if v > 0]
+    if totals:
         fig, ax = _new_figure(f"{key} by bytes sent (up + down)", "cumulative MB", key)
         _lines(ax, runs, lambda run, step: run.cumulative_mb().get(step), key)
-        ax.set_xscale("log")
+        if max(totals) > 20 * min(totals):  # codecs that differ by orders of magnitude
+            ax.set_xscale("log")
         out["objective_vs_bytes.png"] = fig
     if any(r.history.get("epsilon") for r in runs):
         fig, ax = _new_figure(f"{key} by privacy spent", "epsilon", key)
