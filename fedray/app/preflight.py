@@ -79,23 +79,26 @@ def check_tracking_store(uri: str | None) -> None:
         check_writable_dir(unquote(parsed.path), "tracking.uri", uri)
 
 
-TRACKING_TIMEOUT_S = 5.0
+TRACKING_TIMEOUT_S = 4.0  # to connect; then as long again for the answer: < 10 s in all
 _SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
-def check_tracking_uri(uri: str | None, timeout_s: float = TRACKING_TIMEOUT_S) -> None:
+def check_tracking_uri(
+    uri: str | None, timeout_s: float = TRACKING_TIMEOUT_S, key: str = "tracking.uri"
+) -> None:
     """Fail in seconds, with one line, on a tracking URI MLflow cannot use; before Ray starts.
 
-    A server (http/https) must answer MLflow's REST API within `timeout_s`, one try: MLflow's own
-    client retries a dead address with backoff for minutes. A local store must be writable, and
-    a file store (refused by MLflow 3 unless MLFLOW_ALLOW_FILE_STORE=true) is named as such.
+    A server (http/https) must accept a connection within `timeout_s` and answer MLflow's REST
+    API within `timeout_s` more, one try: MLflow's own client retries a dead address with backoff
+    for minutes. A local store must be writable, and a file store (refused by MLflow 3 unless
+    MLFLOW_ALLOW_FILE_STORE=true) is named as such. Messages name the setting as `key`.
     """
     if not uri:
         return
     scheme = urlparse(uri).scheme
     if scheme not in _SCHEMES and "+" not in scheme:  # e.g. postgresql+psycopg2
         raise ConfigError(
-            f"tracking.uri={uri}: unknown scheme {scheme!r}; use http(s)://HOST:PORT for an MLflow "
+            f"{key}={uri}: unknown scheme {scheme!r}; use http(s)://HOST:PORT for an MLflow "
             "server, sqlite:///PATH/mlflow.db for a local store, or null for ./mlflow.db"
         )
     if scheme in ("", "file"):
@@ -103,19 +106,19 @@ def check_tracking_uri(uri: str | None, timeout_s: float = TRACKING_TIMEOUT_S) -
 
         if not MLFLOW_ALLOW_FILE_STORE.get():
             raise ConfigError(
-                f"tracking.uri={uri}: MLflow 3 no longer writes file stores; use "
+                f"{key}={uri}: MLflow 3 no longer writes file stores; use "
                 "sqlite:///PATH/mlflow.db, null for ./mlflow.db, or an http(s) server"
             )
     check_tracking_store(uri)
     if scheme in ("http", "https"):
-        _check_server(uri, timeout_s)
+        _check_server(uri, timeout_s, key)
 
 
-def _check_server(uri: str, timeout_s: float) -> None:
+def _check_server(uri: str, timeout_s: float, key: str) -> None:
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    where = f"tracking.uri={uri}"
+    where = f"{key}={uri}"
     try:
         response = http_request(
             get_default_host_creds(uri),
@@ -123,14 +126,14 @@ def _check_server(uri: str, timeout_s: float) -> None:
             "GET",
             params={"max_results": 1},
             max_retries=0,
-            timeout=timeout_s,
+            timeout=(timeout_s, timeout_s),  # (connect, read)
             raise_on_status=False,
         )
     except Exception as exc:
         reason = _connection_reason(exc)
         raise ConfigError(
-            f"{where}: no MLflow server answers ({reason}) within {timeout_s:g} s; start one "
-            "(mlflow server --host HOST --port PORT) or set tracking.uri=null for ./mlflow.db"
+            f"{where}: no MLflow server answers ({reason}) within {2 * timeout_s:g} s; start one "
+            f"(mlflow server --host HOST --port PORT) or set {key}=null for ./mlflow.db"
         ) from None
     code = response.status_code
     if code in (401, 403):

@@ -52,9 +52,9 @@ def main(args: list[str]) -> None:
         tags[key] = value
     uri = ns.tracking_uri or tracking_uri(os.getcwd())
     try:
-        check_tracking_uri(uri)
+        check_tracking_uri(uri, key="--tracking-uri")
     except FedrayError as exc:
-        fail(str(exc).replace("tracking.uri=", "--tracking-uri "))
+        fail(str(exc))
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
