@@ -37,6 +37,7 @@ from fedray.core.errors import ConfigError, FedrayError
 # One line per verb, so verbs added on different branches merge without touching each other.
 VERBS: dict[str, str] = {
     "resume": "fedray.app.resume:main",
+    "submit": "fedray.app.submit:main",  # a run or sweep as a job on a Ray cluster
     "tune": "fedray.app.tune:main",
     "report": "fedray.app.report:main",
 }
@@ -113,6 +114,13 @@ def _flag_value(flags: list[str], *names: str) -> str | None:
 
 def _is_hydra_key(override: str) -> bool:
     return override.lstrip("+~").startswith("hydra")
+
+
+def sweep_combinations(overrides: list[str]) -> list[list[str]]:
+    """The job overrides of every combination a sweep of `overrides` composes (a preset's axes
+    included, an interval at both ends; at most MAX_COMBINATIONS)."""
+    combos = sweep_space(overrides).check_combinations()
+    return [[o for o in combo if not _is_hydra_key(o)] for combo in combos]
 
 
 def sweep_space(overrides: list[str]):
@@ -276,9 +284,17 @@ def run(argv: list[str]) -> None:
 
 
 def dispatch(verb: str, args: list[str]) -> None:
-    """Run `fedray VERB ARGS...`."""
+    """Run `fedray VERB ARGS...` (by name: verbs build on this module, not the other way round).
+
+    A verb's non-zero return value is the exit status; a FedrayError is one line, exit 2.
+    """
     module, _, function = VERBS[verb].partition(":")
-    getattr(importlib.import_module(module), function)(args)
+    try:
+        code = getattr(importlib.import_module(module), function)(args)
+    except FedrayError as exc:
+        fail(condense(str(exc)))
+    if code:
+        raise SystemExit(code)
 
 
 def main() -> None:

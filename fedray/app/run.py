@@ -8,12 +8,14 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from omegaconf import DictConfig
 
+from fedray.app.silos import SiloRun
 from fedray.app.spec import build_spec
 from fedray.core import registry
 from fedray.core.config import FedrayConfig
@@ -44,6 +46,7 @@ class RunResult:
     ready: Ready | None = None
     initial: dict[str, float] = field(default_factory=dict)
     stop_reason: str | None = None
+    silos: dict[str, Any] | None = None  # cross-silo runs: where data stayed, who trained
 
     @property
     def metric(self) -> float:
@@ -95,38 +98,46 @@ class Progress:
 def prepare_data(cfg: DictConfig | FedrayConfig) -> tuple[FedrayConfig, Any]:
     """Validate and build the federated data: everything that can fail before anything starts."""
     from fedray.data import build_federated_data
-    from fedray.data.base import needs_labels
     from fedray.models.paths import resolve_model_path
 
     spec = cfg if isinstance(cfg, FedrayConfig) else build_spec(cfg)
     resolve_model_path(spec.model.name_or_path)  # a bad local path: one line, nothing started
     data = build_federated_data(spec.data, spec.partition, spec.seed)
-    if needs_labels(spec.data.task) and data.corpus.labels is None:
+    check_clients(spec, data.client_sizes().tolist(), data.corpus.labels is not None)
+    return spec, data
+
+
+def check_clients(spec: FedrayConfig, client_sizes: list[int], labeled: bool) -> None:
+    """The checks that need the clients: labels for the task, enough clients for a cohort, the
+    selector's own (e.g. power_of_choice's d <= clients), and seed collisions."""
+    from fedray.data.base import needs_labels
+
+    num_clients = len(client_sizes)
+    if needs_labels(spec.data.task) and not labeled:
         raise DataError(
             f"data.task={spec.data.task} needs class labels but data={spec.data.name} has none"
         )
-    if spec.mode.clients_per_round > data.num_clients():
+    if spec.mode.clients_per_round > num_clients:
         raise DataError(
             f"mode.clients_per_round={spec.mode.clients_per_round} exceeds the "
-            f"{data.num_clients()} clients the partition produced; lower it"
+            f"{num_clients} clients the partition produced; lower it"
         )
-    try:  # data-dependent checks of the selector (e.g. power_of_choice's d <= clients)
+    try:
         registry.build(
             "selection",
             spec.selection,
-            num_clients=data.num_clients(),
+            num_clients=num_clients,
             seed=spec.seed,
-            client_sizes=data.client_sizes().tolist(),
+            client_sizes=client_sizes,
         )
     except ValueError as exc:
         raise DataError(str(exc)) from None
     c = spec.client
-    if c.seed_scheme == "linear" and data.num_clients() > c.round_stride:
+    if c.seed_scheme == "linear" and num_clients > c.round_stride:
         raise DataError(
-            f"client.seed_scheme=linear needs client.round_stride >= {data.num_clients()} (the "
+            f"client.seed_scheme=linear needs client.round_stride >= {num_clients} (the "
             f"number of clients) so seeds do not collide; raise it or set client.seed_scheme=hash"
         )
-    return spec, data
 
 
 def prepare(cfg: DictConfig | FedrayConfig):
@@ -166,21 +177,32 @@ def run_experiment(
     for noisy in ("alembic", "mlflow.store.db.utils"):  # schema-migration chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = Path(run_dir)
-    spec, data = prepare_data(cfg)
+    spec = build_spec(cfg)
     if spec.tracking.enabled:  # an unreachable server: one line in seconds, before Ray starts
         check_tracking_uri(spec.tracking.uri)
+    silos: SiloRun | None = None
+    data: Any = None  # the federated data, when this process loads it (no silos)
     task: Task = registry.build("task", {"name": spec.data.task})
     progress = Progress(task, out)
-    labels = data.corpus.label_names
     result = RunResult(run_id=None, objective=task.objective)
     # The encoding child runs while Ray starts (about 3 s on a 2-core machine). Its errors (a
     # bad model path) surface at `result()`, before any MLflow run is opened; leaving the block
-    # stops the child whatever happened.
-    with (
-        EncodeJob(spec.data.task, spec.model, data, spec.data.max_length) as encoding,
-        ray_session(spec.cluster),
-    ):
-        encoded = encoding.result()
+    # stops the child whatever happened. A cross-silo run loads nothing here: each silo's
+    # samples are read, split and encoded on its own node (fedray.app.silos).
+    with ExitStack() as stack:
+        if spec.cluster.silos:
+            stack.enter_context(ray_session(spec.cluster))
+            silos = SiloRun(spec)
+            check_clients(spec, silos.client_sizes(), silos.label_names is not None)
+            labels, sizes = silos.label_names, silos.client_sizes()
+        else:
+            spec, data = prepare_data(spec)
+            labels, sizes = data.corpus.label_names, data.client_sizes().tolist()
+            encoding = stack.enter_context(
+                EncodeJob(spec.data.task, spec.model, data, spec.data.max_length)
+            )
+            stack.enter_context(ray_session(spec.cluster))
+            encoded = encoding.result()
         with Tracker(spec.tracking, cwd) as tracker:
             objective_tags = {
                 OBJECTIVE_TAG: task.objective.key,
@@ -195,20 +217,24 @@ def run_experiment(
             if resume_run_id is None:
                 tracker.log_config(cfg)
                 if labels and tracker.enabled:  # matplotlib only when logged
+                    histogram = (silos or data).label_histogram()
                     tracker.log_figure(
-                        label_histogram_figure(data.label_histogram(), labels),
-                        "label_histogram.png",
+                        label_histogram_figure(histogram, labels), "label_histogram.png"
                     )
-            data_ref = ray.put(encoded)
-            del encoded  # the object store holds the one copy the actors read
+            if silos is not None:
+                actor_data: Any = silos.encode()  # one group per silo, arrays on its node
+            else:
+                actor_data = ray.put(encoded)
+                del encoded  # the object store holds the one copy the actors read
             driver = start(
                 spec,
-                data_ref,
-                data.client_sizes().tolist(),
+                actor_data,
+                sizes,
                 len(labels) if labels else None,
                 checkpoint_dir=str(run_dir / "checkpoint"),
             )
             schedule: list[list[int]] = []
+            trained_on: dict[int, set[str]] = {}
             logged = last_logged_round(tracker) if resume_run_id else 0
             for ref in driver.run.remote(resume=resume_run_id is not None):
                 event = _unwrap(ref)
@@ -225,6 +251,8 @@ def run_experiment(
                     tracker.log_metrics(result.initial, step=0)
                 elif isinstance(event, RoundEnd):
                     schedule.append(event.selected)
+                    for cid, node in event.nodes.items():
+                        trained_on.setdefault(cid, set()).add(node)
                     progress.row(event)
                     row = {"round": event.round, **event.metrics}
                     result.history.append(row)
@@ -249,8 +277,11 @@ def run_experiment(
                 keys = [f"eval_{m}" for m in task.display] + ["train_loss"]
                 keys = [k for k in keys if any(k in row for row in result.history)]
                 tracker.log_figure(curve_figure(result.history, keys, spec.name), "curves.png")
-            result.fingerprint = data.fingerprint(schedule)
+            result.fingerprint = (silos or data).fingerprint(schedule)
             tracker.log_text(json.dumps({"data_fingerprint": result.fingerprint}), "data.json")
+            if silos is not None:
+                result.silos = silos.report(trained_on)
+                tracker.log_text(json.dumps(result.silos, indent=1), "silos.json")
             result.ui_command = tracker.ui_command()
     result.wall_s = time.perf_counter() - t0
     if result.run_id:

@@ -89,7 +89,7 @@ def _check_values(spec: FedrayConfig) -> None:
         (m.rounds >= 1, f"mode.rounds={m.rounds} must be >= 1"),
         (m.clients_per_round >= 1, f"mode.clients_per_round={m.clients_per_round} must be >= 1"),
         (
-            p.name == "natural" or m.clients_per_round <= p.num_clients,
+            p.name == "natural" or bool(spec.cluster.silos) or m.clients_per_round <= p.num_clients,
             f"mode.clients_per_round={m.clients_per_round} exceeds partition.num_clients="
             f"{p.num_clients}; lower it or add clients",
         ),
@@ -110,7 +110,7 @@ def _check_values(spec: FedrayConfig) -> None:
         (0 < d.test_fraction < 1, f"data.test_fraction={d.test_fraction} must be in (0, 1)"),
         (d.max_length >= 2, f"data.max_length={d.max_length} must be >= 2"),
         (
-            d.name not in ("hf", "files") or bool(d.path),
+            d.name not in ("hf", "files") or bool(d.path) or bool(spec.cluster.silos),
             f"data.path is required with data={d.name}; set data.path=<dataset name or file>",
         ),
         (
@@ -130,6 +130,7 @@ def _check_values(spec: FedrayConfig) -> None:
         check_speed(spec.speed)
         or _mode_problem(spec)
         or _reliability_problem(spec)
+        or _silo_problem(spec)
         or faults.check(spec.faults, m.client_timeout_s)
         or attack.check(spec.attack)
     )
@@ -152,6 +153,44 @@ def _mode_problem(spec: FedrayConfig) -> str | None:
         return f"mode.max_concurrency={m.max_concurrency} must be >= 1"
     if m.max_staleness is not None and m.max_staleness < 0:
         return f"mode.max_staleness={m.max_staleness} must be >= 0 or null (no limit)"
+    return None
+
+
+def _silo_problem(spec: FedrayConfig) -> str | None:
+    """Cross-silo settings (`cluster.silos`), or None."""
+    silos = spec.cluster.silos
+    if not silos:
+        return None
+    if not spec.cluster.address:
+        return (
+            "cluster.silos needs an existing cluster whose nodes carry the silos' labels; set "
+            "cluster.address (fedray submit sets it) or drop cluster.silos"
+        )
+    if spec.client.num_actors is not None:
+        return "client.num_actors does not apply with cluster.silos; set cluster.silos[i].actors"
+    names = [s.name for s in silos]
+    for i, s in enumerate(silos):
+        key = f"cluster.silos[{i}]"
+        if not s.name or not s.name.replace("-", "_").isidentifier():
+            return f"{key}.name={s.name!r}: use letters, digits, - and _"
+        if s.name in names[:i]:
+            return f"{key}.name={s.name!r} is used twice; give each silo its own name"
+        source = s.source or spec.data.name
+        if source in ("hf", "files") and not (s.path or spec.data.path):
+            return f"{key}.path is required with data={source}; set it to the file on that node"
+        if not s.labels or not all(s.labels.values()):
+            return (
+                f"{key}.labels is empty; name the Ray node labels of the silo's nodes, e.g. "
+                f"labels: {{silo: {s.name}}} with `ray start --labels silo={s.name}` there"
+            )
+        if s.clients < 1 or s.actors < 1:
+            return f"{key}: clients={s.clients} and actors={s.actors} must be >= 1"
+    total = sum(s.clients for s in silos)
+    if spec.mode.clients_per_round > total:
+        return (
+            f"mode.clients_per_round={spec.mode.clients_per_round} exceeds the {total} clients "
+            "of cluster.silos; lower it or raise cluster.silos[i].clients"
+        )
     return None
 
 

@@ -42,14 +42,24 @@ def pick_device(requested: str, num_gpus: float) -> str:
     return "cpu"
 
 
+def _node_id() -> str:
+    """The Ray node this process runs on ('' outside Ray: a Trainer test, say)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 @dataclass(frozen=True)
 class ActorSpec:
-    """What a client actor needs, already typed: the run spec, the data's label count and
-    the algorithm's client rule (a `rule` registry node)."""
+    """What a client actor needs, already typed: the run spec, the data's label count, the
+    algorithm's client rule (a `rule` registry node), the number of clients of the run, and
+    the global id of the first client in the actor's data (a silo's share starts later)."""
 
     run: FedrayConfig
     num_labels: int | None
     rule: dict[str, Any]
+    population: int
+    first_client: int = 0
 
 
 class ClientWorker:
@@ -76,19 +86,21 @@ class ClientWorker:
         self.data = data
         self.rule = registry.build("rule", spec.rule, trainer=self.trainer, seed=run.seed)
         self.recipe = Recipe.from_config(c)
-        self.speed = speed_factors(run.speed, len(data.clients), run.seed)
+        self.first_client = spec.first_client
+        self.speed = speed_factors(run.speed, spec.population, run.seed)
         self.faults = FaultInjector(run.faults)
-        self.attack = Attack(run.attack, len(data.clients), run.seed)
+        self.attack = Attack(run.attack, spec.population, run.seed)
+        self.node = _node_id()
         self.sessions: dict[int, dict[str, Any]] = {}  # client id -> session, this round only
         self.session_round = -1
 
     def ready(self) -> dict[str, Any]:
-        """Where this actor runs: pid, device, and the GPUs Ray pinned it to."""
+        """Where this actor runs: pid, node, device, and the GPUs Ray pinned it to."""
         import ray
 
         return {
             "pid": os.getpid(),
-            "node": ray.get_runtime_context().get_node_id(),
+            "node": self.node,
             "device": str(self.trainer.device),
             "gpu_ids": [
                 str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
@@ -142,7 +154,7 @@ class ClientWorker:
         local = LocalJob(
             job.client_id,
             job.seed,
-            self.data.client_batch(job.client_id),
+            self.data.client_batch(job.client_id - self.first_client),
             global_state,
             stored.pop("rule", None),
             extra,
@@ -174,6 +186,7 @@ class ClientWorker:
             metrics=result.metrics,
             client_state=state,
             extra=result.extra,
+            node=self.node,
         )
 
     def evaluate_shard(self, global_state: State, shard: int, shards: int) -> list[dict]:

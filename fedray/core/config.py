@@ -184,6 +184,37 @@ class ModeConfig:
 
 
 @dataclass
+class SiloConfig:
+    """A data silo: clients whose samples stay on the Ray node(s) carrying `labels`."""
+
+    name: str = field(default=MISSING, metadata={"help": "The silo's name (messages, reports)."})
+    labels: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Ray node labels of the silo's node(s) (`ray start --labels silo=a`); its "
+            "data holder and client actors run only there (a Ray label selector)."
+        },
+    )
+    source: str | None = field(
+        default=None, metadata={"help": "data.name on the silo (null: the run's data.name)."}
+    )
+    path: str | None = field(
+        default=None,
+        metadata={
+            "help": "data.path on the silo's node, read there only; ~ and $VARS expand there."
+        },
+    )
+    test_split: str | None = field(
+        default=None,
+        metadata={"help": "data.test_split on the silo (null: hold out data.test_fraction)."},
+    )
+    clients: int = field(
+        default=1, metadata={"help": "Virtual clients the silo's samples are partitioned into."}
+    )
+    actors: int = field(default=1, metadata={"help": "Client actors on the silo's node(s)."})
+
+
+@dataclass
 class ClusterConfig:
     """Which Ray cluster runs the experiment."""
 
@@ -211,6 +242,13 @@ class ClusterConfig:
             "help": "Local Ray only: skip the autoscaler monitor, the log monitor and the "
             "dashboard-less API server (about 230 MB); worker output stays in Ray's session "
             "log files."
+        },
+    )
+    silos: list[SiloConfig] = field(
+        default_factory=list,
+        metadata={
+            "help": "Cross-silo runs: each silo's data is loaded and kept on its own node(s); "
+            "empty: the head loads all data and every actor may train every client."
         },
     )
 

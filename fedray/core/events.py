@@ -30,13 +30,15 @@ class RoundEnd:
     """One round (sync) or one period of arrivals (async) is done.
 
     `metrics` holds every numeric figure logged for the round (train_loss, bytes_up, ...,
-    ``eval_*`` when evaluated); `selected` the clients it covered, in schedule order.
+    ``eval_*`` when evaluated); `selected` the clients it covered, in schedule order; `nodes`
+    the Ray node each arrived update was trained on, by client id.
     """
 
     round: int
     selected: list[int]
     failures: list[Failure] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    nodes: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass

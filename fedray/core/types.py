@@ -31,7 +31,8 @@ class Update:
 
     `payload` is whatever the pipeline's client half produced (bytes for a codec chain, a masked
     vector under secure aggregation, ...); `nbytes_up` is the length of what actually travels.
-    `extra` is plaintext algorithm state sent beside the update (SCAFFOLD's delta c).
+    `extra` is plaintext algorithm state sent beside the update (SCAFFOLD's delta c); `node`
+    the Ray node that trained it (where a silo's samples were read).
     """
 
     client_id: int
@@ -41,6 +42,7 @@ class Update:
     metrics: dict[str, float] = field(default_factory=dict)
     client_state: ClientState | None = None
     extra: State | None = None
+    node: str = ""
 
 
 @dataclass

@@ -46,7 +46,8 @@ class PoolExecutor:
         self.calls += 1
         self.bytes_down += bcast.nbytes
         call = p.job_call(bcast, job.client_id, job.attempt, job.draw + 1)
-        p.pool.submit(job, call, timeout_s=p.spec.mode.client_timeout_s)
+        slot = p.placement.slot_for(job.client_id)  # a silo's client: its silo's actor
+        p.pool.submit(job, call, actor=slot, timeout_s=p.spec.mode.client_timeout_s)
 
     def wait(self) -> list[tuple[Job, Update | None, str | None]]:
         outcomes = self.protocol.pool.poll()
@@ -131,7 +132,8 @@ def run_async(
             if a.outcome in ("failed", "rejected", "retried")
         ]
         selected = [a.job.client_id for a in period.arrivals if a.outcome != "retried"]
-        yield loop, RoundEnd(period.index, selected, failures, metrics)
+        nodes = {a.job.client_id: a.update.node for a in period.arrivals if a.update is not None}
+        yield loop, RoundEnd(period.index, selected, failures, metrics, nodes)
 
 
 def period_metrics(period: Period, loop: AsyncLoop, min_clients: int) -> dict[str, float]:

@@ -49,13 +49,16 @@ def collect_cohort(
     max_retries: int,
     deadline_s: float = 0.0,
     pinned: dict[int, int] | None = None,
+    sessions: bool = True,
 ) -> Collected:
     """Run `call_for(client, attempt)` for every client until it succeeds or runs out of tries.
 
     A client is tried at most `1 + max_retries` times. `deadline_s` (0: none) bounds the whole
     round, retries included: clients not done by then come back `late` and are not retried.
-    `pinned` maps clients to the actor that must run them; such a client is not retried after
-    its actor died (its round session died with it).
+    `pinned` maps clients to the actor slot that must run them. With `sessions`, the slot's
+    actor holds the client's round session, so a pinned client is not retried after its actor
+    died (the session died with it); without, it is retried on the slot's replacement (a
+    silo's client, say, whose data is on that slot's node).
     """
     out = Collected()
     end = time.monotonic() + deadline_s if deadline_s > 0 else None
@@ -90,7 +93,7 @@ def collect_cohort(
                 continue
             out.calls_lost += o.actor_lost
             out.failures.append(Failure(job.client_id, f"{o.error}{note(job.attempt)}"))
-            lost_session = o.actor_lost and job.client_id in pinned
+            lost_session = sessions and o.actor_lost and job.client_id in pinned
             if job.attempt < max_retries and not lost_session:
                 out.retries += 1
                 submit(job.client_id, job.attempt + 1)

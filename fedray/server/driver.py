@@ -15,6 +15,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from fedray.client.silo import ActorGroup
 from fedray.core import registry
 from fedray.core.checkpoint import DriverState, load_checkpoint, save_checkpoint
 from fedray.core.config import FedrayConfig
@@ -23,6 +24,7 @@ from fedray.core.errors import BudgetExhausted
 from fedray.core.events import Done, Evaluated, Event, Ready
 from fedray.pipeline import Pipeline
 from fedray.server.asynchronous import run_async
+from fedray.server.placement import Placement
 from fedray.server.pool import ActorPool
 from fedray.server.protocol import RoundProtocol
 from fedray.server.sync import run_round
@@ -51,13 +53,13 @@ class Driver:
     def __init__(
         self,
         spec: FedrayConfig,
-        data: list[ray.ObjectRef],
+        groups: list[ActorGroup],
         client_sizes: list[int],
         num_labels: int | None,
         checkpoint_dir: str | None = None,
     ) -> None:
         self.spec = spec
-        self.data_ref = data[0]
+        self.groups = groups
         self.num_labels = num_labels
         self.checkpoint_dir = checkpoint_dir
         num_clients = len(client_sizes)
@@ -82,18 +84,27 @@ class Driver:
         )
         self.pipeline.mechanism.setup(self.context)
         self.pool: ActorPool | None = None
+        self.placement: Placement | None = None
 
     def _start_pool(self) -> list[dict[str, Any]]:
+        """The client actors, group by group: a silo's on its nodes, reading its data there."""
         from fedray.client.actor import ActorSpec, ClientWorker
 
         c = self.spec.client
-        remote_cls = ray.remote(ClientWorker).options(num_cpus=c.num_cpus, num_gpus=c.num_gpus)
-        actor_spec = ActorSpec(self.spec, self.num_labels, self.strategy.client_rule())
+        worker = ray.remote(ClientWorker)
+        rule, population = self.strategy.client_rule(), self.context.population
+        sizes = [g.actors if g.actors is not None else actor_count(self.spec) for g in self.groups]
+        self.placement = Placement(self.groups, sizes)
+        slot_group = [g for g, n in zip(self.groups, sizes, strict=True) for _ in range(n)]
 
-        def make() -> Any:
-            return remote_cls.remote(actor_spec, self.data_ref)
+        def make(slot: int) -> Any:
+            group = slot_group[slot]
+            spec = ActorSpec(self.spec, self.num_labels, rule, population, group.first_client)
+            where = {} if group.labels is None else {"label_selector": dict(group.labels)}
+            cls = worker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, **where)
+            return cls.remote(spec, group.data[0])
 
-        self.pool = ActorPool(make, actor_count(self.spec))
+        self.pool = ActorPool(make, len(slot_group))
         return self.pool.wait_ready()
 
     def _start(self, resume: bool) -> tuple[DriverState, Ready]:
@@ -121,6 +132,7 @@ class Driver:
             self.task,
             self.context,
             state.client_states,
+            self.placement,
         )
         stop = None
         try:
@@ -171,16 +183,21 @@ class Driver:
 
 def start(
     spec: FedrayConfig,
-    data_ref: ray.ObjectRef,
+    data: ray.ObjectRef | list[ActorGroup],
     client_sizes: list[int],
     num_labels: int | None,
     checkpoint_dir: str | None = None,
 ) -> Any:
-    """Start the driver actor on this node (no CPU reserved: it mostly waits on the clients)."""
+    """Start the driver actor on this node (no CPU reserved: it mostly waits on the clients).
+
+    `data` is the ref of the encoded data every actor reads (loaded by this process), or the
+    actor groups of a cross-silo run (:func:`fedray.client.silo.start_silos`).
+    """
+    groups = data if isinstance(data, list) else [ActorGroup("all", [data], 0, len(client_sizes))]
     here = ray.get_runtime_context().get_node_id()
     remote_cls = ray.remote(Driver).options(
         num_cpus=0,
         max_concurrency=1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
     )
-    return remote_cls.remote(spec, [data_ref], client_sizes, num_labels, checkpoint_dir)
+    return remote_cls.remote(spec, groups, client_sizes, num_labels, checkpoint_dir)

@@ -94,12 +94,13 @@ def error_line(exc: BaseException) -> str:
 
 
 class ActorPool:
-    """Runs jobs on `size` actors made by `make_actor`, at most `max_inflight` per actor."""
+    """Runs jobs on `size` actors, at most `max_inflight` per actor; `make_actor(i)` makes the
+    actor of slot i (again when it is replaced: a slot's actor may be bound to some nodes)."""
 
-    def __init__(self, make_actor: Callable[[], Any], size: int, max_inflight: int = 2) -> None:
+    def __init__(self, make_actor: Callable[[int], Any], size: int, max_inflight: int = 2) -> None:
         self.make_actor = make_actor
         self.max_inflight = max_inflight
-        self.actors: dict[int, Any] = {i: make_actor() for i in range(size)}
+        self.actors: dict[int, Any] = {i: make_actor(i) for i in range(size)}
         self.healthy: dict[int, bool] = dict.fromkeys(self.actors, True)  # calls queue behind
         # a constructor; a replacement is unhealthy until its `ready` call returns
         self.replaced = 0
@@ -138,7 +139,7 @@ class ActorPool:
         """A new actor in slot `idx`; unhealthy until its `ready` call returns."""
         with suppress(Exception):  # already dead
             ray.kill(self.actors[idx], no_restart=True)
-        self.actors[idx] = self.make_actor()
+        self.actors[idx] = self.make_actor(idx)
         self.healthy[idx] = False
         self._load[idx] = 0
         self._starting[self.actors[idx].ready.remote()] = idx
@@ -306,16 +307,23 @@ class ActorPool:
             self._stash = stash + self._stash
         return [mine[i] for i in range(len(jobs))]
 
-    def each(self, method: str, *args: Any) -> list[Any]:
-        """Call `method(*args, i, n)` on each of the n actors at once; results in actor order.
+    def each(
+        self,
+        method: str,
+        *args: Any,
+        shard_of: Callable[[int], tuple[int, int]] | None = None,
+    ) -> list[Any]:
+        """Call `method(*args, *shard_of(i))` on each actor i at once (default shard: `i, n`
+        of the n actors); results in actor order.
 
         Used for sharded evaluation. Large arguments should be object refs (put once). An actor
         that dies, or whose call is lost, is replaced and its share called again, once.
         """
         n = self.size
+        shard = shard_of or (lambda i: (i, n))
 
         def call(i: int) -> Call:
-            return lambda actor: getattr(actor, method).remote(*args, i, n)
+            return lambda actor: getattr(actor, method).remote(*args, *shard(i))
 
         results: list[Any] = []
         for i, o in enumerate(self.run_all([(i, call(i), i) for i in range(n)])):

@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import ray
 
+from fedray.client.silo import ActorGroup
 from fedray.core.config import FedrayConfig
 from fedray.core.context import RoundContext, RunContext
 from fedray.core.seeding import client_seed
@@ -29,6 +30,7 @@ from fedray.core.statemath import nbytes
 from fedray.core.types import ClientState, Contribution, Failure, State, TrainJob, Update, spec_of
 from fedray.pipeline import Pipeline
 from fedray.server.collect import screen
+from fedray.server.placement import Placement
 from fedray.server.pool import ActorPool, Call
 from fedray.strategies.base import Strategy
 from fedray.tasks.base import Task, add_sums
@@ -54,13 +56,12 @@ class Broadcast:
 
 class PoolIO:
     """:class:`~fedray.privacy.base.CohortIO` over the actor pool: each client's phases run on
-    the actor it is assigned to for the round (round-robin over the cohort), in one call per
+    the actor slot it is assigned to for the round (:meth:`Placement.assign`), in one call per
     actor and phase."""
 
-    def __init__(self, pool: ActorPool, round: int, cohort: list[int]) -> None:
+    def __init__(self, pool: ActorPool, round: int, assignment: dict[int, int]) -> None:
         self.pool, self.round = pool, round
-        actors = sorted(pool.actors)
-        self.assignment = {cid: actors[i % len(actors)] for i, cid in enumerate(cohort)}
+        self.assignment = assignment
         self.round_trips = 0
 
     def exchange(self, phase: str, messages: dict[int, Any]) -> dict[int, Any]:
@@ -95,10 +96,14 @@ class RoundProtocol:
         task: Task,
         run: RunContext,
         client_states: dict[int, ClientState],
+        placement: Placement | None = None,
     ) -> None:
         self.spec, self.pool, self.strategy = spec, pool, strategy
         self.selector, self.pipeline, self.task, self.run = selector, pipeline, task, run
         self.client_states = client_states
+        self.placement = placement or Placement(
+            [ActorGroup("all", [], 0, run.population)], [pool.size]
+        )
 
     # -- 1. plan ---------------------------------------------------------------------------
     def plan(self, rnd: int) -> list[int]:
@@ -164,7 +169,8 @@ class RoundProtocol:
         actors (each shard is whole batches; sums are added in batch order).
         """
         ref = ray.put(global_state)
-        return self.task.metrics(add_sums(self.pool.each("evaluate_shard", ref)))
+        shard_of = self.placement.shard_of if self.placement.routed else None
+        return self.task.metrics(add_sums(self.pool.each("evaluate_shard", ref, shard_of=shard_of)))
 
 
 def update_metrics(updates: list[Update], arrived: list[Update]) -> dict[str, float]:

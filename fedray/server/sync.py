@@ -16,7 +16,8 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
     timer = RoundTimer()
     cohort = p.plan(rnd)  # 1. plan
     ctx = RoundContext(p.run, rnd, tuple(cohort))
-    io = PoolIO(p.pool, rnd, cohort)
+    assignment = p.placement.assign(cohort)  # a silo's clients go to its own actors
+    io = PoolIO(p.pool, rnd, assignment)
     mechanism.before_round(ctx, io)  # e.g. key agreement; may end the run (budget)
     bcast = p.broadcast(ctx, global_state)  # 2. broadcast
     calls = collect_cohort(  # 3. client job + 4. collect
@@ -26,7 +27,8 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
         timeout_s=m.client_timeout_s,
         max_retries=m.max_retries,
         deadline_s=m.round_deadline_s,
-        pinned=io.assignment if p.pipeline.sum_only else None,
+        pinned=assignment if p.pipeline.sum_only or p.placement.routed else None,
+        sessions=p.pipeline.sum_only,
     )
     updates = sorted(calls.values, key=lambda u: u.client_id)
     failures = list(calls.failures)
@@ -75,4 +77,5 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
     if rnd % m.eval_every == 0 or rnd == m.rounds:
         metrics.update({f"eval_{k}": v for k, v in p.evaluate(new_state).items()})
     metrics.update(timer.finish())
-    return new_state, RoundEnd(rnd, list(cohort), failures, metrics)
+    nodes = {u.client_id: u.node for u in updates}
+    return new_state, RoundEnd(rnd, list(cohort), failures, metrics, nodes)

@@ -82,7 +82,7 @@ class Recorder:
 def _protocol(ray, overrides: list[str], delays, fail=(), nan=(), size=2):
     spec = build_spec(compose(["mode=async", "algorithm=fedbuff", "tracking=none", *overrides]))
     cls = ray.remote(_sleepy_worker()).options(num_cpus=0)
-    pool = ActorPool(lambda: cls.remote(delays, fail, nan), size)
+    pool = ActorPool(lambda _: cls.remote(delays, fail, nan), size)
     pool.wait_ready()
     strategy = registry.build("algorithm", spec.algorithm)
     selector = Recorder([0, 1, 2, 3])
@@ -158,7 +158,7 @@ def test_async_mode_retries_screens_feeds_back_and_keeps_client_state(ray_cluste
 
 def test_round_deadline_drops_late_jobs_and_their_results_never_come_back(ray_cluster) -> None:
     cls = ray_cluster.remote(_sleepy_worker()).options(num_cpus=0)
-    pool = ActorPool(lambda: cls.remote({}), 2)
+    pool = ActorPool(lambda _: cls.remote({}), 2)
     seconds = {0: 0.1, 1: 0.2, 2: 6.0, 3: 0.3, 4: 0.4}
 
     def call_for(cid: int, attempt: int):

@@ -32,7 +32,7 @@ def _shard_worker() -> type:
 def test_each_gives_every_actor_its_share_and_replaces_a_dead_one(ray_cluster) -> None:
     cls = ray_cluster.remote(_shard_worker()).options(num_cpus=0)
     made = itertools.count()
-    pool = ActorPool(lambda: cls.remote(next(made) == 1), 3)  # the second actor dies on "y"
+    pool = ActorPool(lambda _: cls.remote(next(made) == 1), 3)  # the second actor dies on "y"
     try:
         assert pool.each("shard", "x") == [("x", 0, 3), ("x", 1, 3), ("x", 2, 3)]
         assert pool.each("shard", "y") == [("y", 0, 3), ("y", 1, 3), ("y", 2, 3)]
