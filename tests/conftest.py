@@ -22,6 +22,7 @@ def ray_cluster():
     from fedray.app.cluster import WORKER_ENV
 
     ray.init(
+        address="local",  # our own instance, never another user's Ray on a shared machine
         num_cpus=2,
         num_gpus=4,
         include_dashboard=False,

@@ -32,7 +32,7 @@ BAD = {
         "partition.num_clients",
     ),
     "unknown model path": (["model.name_or_path=/nonexistent/model"], "model.name_or_path"),
-    "colliding seeds": (["partition=natural"], "client.round_stride"),
+    "colliding seeds": (["partition=natural", "client.seed_scheme=linear"], "client.round_stride"),
 }
 
 

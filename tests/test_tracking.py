@@ -151,13 +151,23 @@ def test_exception_marks_failed_then_resume_appends(store: Path) -> None:
 
 @pytest.mark.parametrize(
     ("exc", "status"),
-    [(KeyboardInterrupt(), "FAILED"), (SystemExit(3), "FAILED"), (SystemExit(0), "FINISHED")],
+    [
+        (KeyboardInterrupt(), "KILLED"),
+        (SystemExit(3), "FAILED"),
+        (SystemExit(0), "FINISHED"),
+        (RuntimeError("boom\nsecond line"), "FAILED"),
+    ],
 )
 def test_exit_status(store: Path, exc: BaseException, status: str) -> None:
     with pytest.raises(type(exc)), _tracker(store, experiment="exits") as t:
         run_id = t.start("exit")
         raise exc
-    assert MlflowClient(tracking_uri=t.uri).get_run(run_id).info.status == status
+    run = MlflowClient(tracking_uri=t.uri).get_run(run_id)
+    assert run.info.status == status
+    if isinstance(exc, RuntimeError):
+        assert run.data.tags["fedray.error"] == "RuntimeError: boom"
+    else:
+        assert "fedray.error" not in run.data.tags
 
 
 def test_end_is_idempotent_and_parent_and_atexit(store: Path) -> None:
@@ -172,7 +182,7 @@ def test_end_is_idempotent_and_parent_and_atexit(store: Path) -> None:
     assert client.get_run(child_id).info.status == "KILLED"
     with pytest.raises(ValueError):
         child.end("DONE")
-    tracking._end_open_trackers()  # what atexit does with a run nobody ended
+    tracking.end_open_trackers()  # what atexit does with a run nobody ended
     assert client.get_run(parent_id).info.status == "FAILED"
     assert parent not in tracking._open_trackers
 
@@ -218,9 +228,13 @@ def test_curve_figure_skips_missing_rounds() -> None:
         {"round": 3, "accuracy": 0.6},
     ]
     fig = curve_figure(history, ["loss", "accuracy", "absent"], "curves")
-    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy"]  # one panel per metric
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    assert [len(ax.get_lines()) for ax in fig.axes] == [1, 1]
     assert list(lines["loss"].get_xdata()) == [1, 2]
     assert list(lines["accuracy"].get_xdata()) == [2, 3]
+    loss_ax, acc_ax = fig.axes
+    assert acc_ax.get_ylim()[1] < 1.0 < loss_ax.get_ylim()[1]  # each keeps its own scale
     assert "absent" not in lines
     assert curve_figure([], ["loss"], "empty").axes[0].texts[0].get_text() == "no data"
 
@@ -278,7 +292,9 @@ def test_remote_server_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 t.log_metrics({"accuracy": step / 4}, step=step)
             t.log_figure(_figure(), "label_histogram.png")
             t.log_files({"a.txt": b"a"}, "files")
-        assert t.ui_command() == uri
+        assert (
+            t.ui_command() == f"{uri}/#/experiments/{t.experiment_id}?workflowType=machine_learning"
+        )
         client = MlflowClient(tracking_uri=uri)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED"

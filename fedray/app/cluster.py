@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -84,15 +86,24 @@ def ray_session(cluster) -> Iterator[bool]:
         _check_reachable(cluster.address)
         kwargs["address"] = cluster.address
     else:
+        # "local": always a new instance of our own. Without it, ray.init joins whatever Ray
+        # another user's `ray start` (or RAY_ADDRESS) left on a shared machine.
+        kwargs["address"] = "local"
         for key in ("num_cpus", "num_gpus", "object_store_memory"):
             if getattr(cluster, key) is not None:
                 kwargs[key] = getattr(cluster, key)
         kwargs["_system_config"] = {"worker_niceness": int(cluster.worker_niceness)}
     lean = not cluster.address and cluster.lean
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         with lean_local_head() if lean else nullcontext():
             ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+        # ray.init swaps the SIGTERM handler for its own `sys.exit(15)` and then for abseil's,
+        # which prints native stack frames and aborts: the caller's handler decides instead.
+        if on_sigterm is not None:
+            signal.signal(signal.SIGTERM, on_sigterm)
+    except Exception as exc:  # e.g. "The current node timed out during startup" (Exception)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         target = cluster.address or "a local instance"
         raise ConfigError(

@@ -77,3 +77,85 @@ def check_tracking_store(uri: str | None) -> None:
         check_writable_dir(Path(unquote(parsed.path)[1:]).parent, "tracking.uri", uri)
     elif parsed.scheme in ("", "file"):
         check_writable_dir(unquote(parsed.path), "tracking.uri", uri)
+
+
+TRACKING_TIMEOUT_S = 4.0  # to connect; then as long again for the answer: < 10 s in all
+_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(
+    uri: str | None, timeout_s: float = TRACKING_TIMEOUT_S, key: str = "tracking.uri"
+) -> None:
+    """Fail in seconds, with one line, on a tracking URI MLflow cannot use; before Ray starts.
+
+    A server (http/https) must accept a connection within `timeout_s` and answer MLflow's REST
+    API within `timeout_s` more, one try: MLflow's own client retries a dead address with backoff
+    for minutes. A local store must be writable, and a file store (refused by MLflow 3 unless
+    MLFLOW_ALLOW_FILE_STORE=true) is named as such. Messages name the setting as `key`.
+    """
+    if not uri:
+        return
+    scheme = urlparse(uri).scheme
+    if scheme not in _SCHEMES and "+" not in scheme:  # e.g. postgresql+psycopg2
+        raise ConfigError(
+            f"{key}={uri}: unknown scheme {scheme!r}; use http(s)://HOST:PORT for an MLflow "
+            "server, sqlite:///PATH/mlflow.db for a local store, or null for ./mlflow.db"
+        )
+    if scheme in ("", "file"):
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+
+        if not MLFLOW_ALLOW_FILE_STORE.get():
+            raise ConfigError(
+                f"{key}={uri}: MLflow 3 no longer writes file stores; use "
+                "sqlite:///PATH/mlflow.db, null for ./mlflow.db, or an http(s) server"
+            )
+    check_tracking_store(uri)
+    if scheme in ("http", "https"):
+        _check_server(uri, timeout_s, key)
+
+
+def _check_server(uri: str, timeout_s: float, key: str) -> None:
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    where = f"{key}={uri}"
+    try:
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            params={"max_results": 1},
+            max_retries=0,
+            timeout=(timeout_s, timeout_s),  # (connect, read)
+            raise_on_status=False,
+        )
+    except Exception as exc:
+        reason = _connection_reason(exc)
+        raise ConfigError(
+            f"{where}: no MLflow server answers ({reason}) within {2 * timeout_s:g} s; start one "
+            f"(mlflow server --host HOST --port PORT) or set {key}=null for ./mlflow.db"
+        ) from None
+    code = response.status_code
+    if code in (401, 403):
+        raise ConfigError(
+            f"{where}: the server refuses fedray (HTTP {code}); set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        )
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if code != 200 or not isinstance(body, dict):
+        raise ConfigError(
+            f"{where}: answers HTTP {code} but not as an MLflow tracking server; check the host, "
+            "port and path (the URI of `mlflow server`, without /#/ or /api)"
+        )
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """The innermost useful words of a requests/urllib3 connection error."""
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "No route"):
+        if marker.lower() in text.lower():
+            return marker
+    return type(exc).__name__

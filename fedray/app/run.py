@@ -7,6 +7,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,12 @@ from fedray.tasks.base import Objective, Task
 from fedray.tracking.failures import last_logged_round, record_failures
 
 RUN_INFO = "fedray_run.json"
+OBJECTIVE_TAG = "fedray.objective"  # the logged metric a sweep optimises, e.g. eval_accuracy
+DIRECTION_TAG = "fedray.direction"  # maximize | minimize
+
+# Called after each round's metrics are logged, with (round, metrics); a returned string stops
+# the run there (the MLflow run ends FINISHED with that reason in `fedray.stop_reason`).
+RoundHook = Callable[[int, dict[str, float]], str | None]
 
 
 @dataclass
@@ -150,11 +157,17 @@ def run_experiment(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     out: TextIO | None = sys.stdout,
+    on_round: RoundHook | None = None,
 ) -> RunResult:
-    """Run one experiment; always ends the MLflow run and shuts down the Ray it started."""
+    """Run one experiment; always ends the MLflow run and shuts down the Ray it started.
+
+    `on_round` (e.g. a tuner's pruner) sees each round's metrics and may stop the run there: the
+    driver and its client actors are killed, so the run stops within the round under way.
+    """
     import ray
 
     from fedray.app.cluster import ray_session
+    from fedray.app.preflight import check_tracking_uri
     from fedray.client.dataset import EncodeJob
     from fedray.server.driver import start
     from fedray.tracking.plots import curve_figure, label_histogram_figure
@@ -165,6 +178,8 @@ def run_experiment(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     run_dir = Path(run_dir)
     spec = build_spec(cfg)
+    if spec.tracking.enabled:  # an unreachable server: one line in seconds, before Ray starts
+        check_tracking_uri(spec.tracking.uri)
     silos: SiloRun | None = None
     data: Any = None  # the federated data, when this process loads it (no silos)
     task: Task = registry.build("task", {"name": spec.data.task})
@@ -189,9 +204,13 @@ def run_experiment(
             stack.enter_context(ray_session(spec.cluster))
             encoded = encoding.result()
         with Tracker(spec.tracking, cwd) as tracker:
+            objective_tags = {
+                OBJECTIVE_TAG: task.objective.key,
+                DIRECTION_TAG: task.objective.direction,
+            }
             result.run_id = tracker.start(
                 run_name=run_name or spec.tracking.run_name or spec.name,
-                tags=tags,
+                tags={**objective_tags, **(tags or {})},
                 run_id=resume_run_id,
             )
             _write_run_info(run_dir, result.run_id, tracker.uri)
@@ -240,6 +259,13 @@ def run_experiment(
                     if event.round > logged:  # a resumed run re-plays rounds after its checkpoint
                         tracker.log_metrics(event.metrics, step=event.round)
                     record_failures(tracker, event, progress)
+                    stop = on_round(event.round, dict(event.metrics)) if on_round else None
+                    if stop:
+                        ray.kill(driver)  # its client actors die with it (Ray owns them by it)
+                        result.stop_reason = stop
+                        progress.line(f"stopped: {stop}")
+                        tracker.set_tags({"fedray.stop_reason": stop})
+                        break
                 elif isinstance(event, Done):
                     if event.model_files:
                         tracker.log_files(event.model_files, "model")

@@ -28,9 +28,17 @@ log = logging.getLogger(__name__)
 PLUGIN_GROUPS = ("algorithm", "selection", "compression", "privacy")
 
 
+def objective_direction(task: str) -> str:
+    """`maximize` or `minimize`: the direction of the objective of the registered task `task`."""
+    return str(registry.entry("task", task).factory.objective.direction)
+
+
 def register_configs() -> None:
-    """Register the root schema so `conf/config.yaml` can name it in its defaults list."""
+    """Register the root schema so `conf/config.yaml` can name it in its defaults list, and the
+    `${fedray_direction:TASK}` resolver (the sweep direction a task's objective declares)."""
     ConfigStore.instance().store(name="fedray_schema", node=FedrayConfig)
+    if not OmegaConf.has_resolver("fedray_direction"):
+        OmegaConf.register_new_resolver("fedray_direction", objective_direction)
 
 
 def _plugin_node(cfg: DictConfig, group: str) -> DictConfig:

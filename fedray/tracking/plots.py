@@ -98,20 +98,24 @@ def _points(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
 
 
 def curve_figure(history: list[dict[str, float]], keys: list[str], title: str) -> Figure:
-    """``keys`` against ``round`` (one line each); rounds lacking a key are skipped for it."""
-    fig = _new_figure(6.5, 4.0)
+    """One panel per key against ``round``, stacked on a shared round axis.
+
+    Each metric keeps its own y scale (an accuracy near 0.3 next to a loss near 1.6 on one axis
+    would be flattened); rounds lacking a key are skipped for it, keys with no point get no panel.
+    """
     series = {key: _points(history, key) for key in keys}
-    if not any(xs for xs, _ in series.values()):
-        return _no_data(fig, title)
-    ax = fig.add_subplot()
-    for key, (xs, ys) in series.items():
-        if xs:
-            ax.plot(xs, ys, marker="o" if len(xs) <= 50 else None, markersize=3, label=key)
-    ax.set_title(title)
-    ax.set_xlabel("round")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    series = {key: pts for key, pts in series.items() if pts[0]}
+    if not series:
+        return _no_data(_new_figure(6.5, 4.0), title)
+    fig = _new_figure(6.5, 1.2 + 2.1 * len(series))
+    axes = fig.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (key, (xs, ys)) in zip(axes, series.items(), strict=True):
+        ax.plot(xs, ys, marker="o" if len(xs) <= 50 else None, markersize=3, label=key)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    axes[-1].set_xlabel("round")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig

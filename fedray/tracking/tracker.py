@@ -36,6 +36,14 @@ DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 PARENT_RUN_TAG = "mlflow.parentRunId"
+ERROR_TAG = "fedray.error"  # the one-line error of a run that ended FAILED or KILLED
+# What the experiment is for, as MLflow 3.x records it ("custom_model_development": training
+# runs, not GenAI traces and evaluations); read by MLflow UIs whose workflow switch is off.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3.17's UI ignores that tag: its sidebar's GenAI / model-training switch decides, and a
+# link carrying this query opens the experiment in the model-training (runs) view.
+UI_VIEW = "?workflowType=machine_learning"
 _LOCAL_SCHEMES = ("", "file", "sqlite")
 # Fallbacks matching mlflow 3.17's mlflow.utils.validation (used only if that import moves).
 _MAX_PARAMS_PER_BATCH = 100
@@ -115,13 +123,27 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
-def _end_open_trackers() -> None:
-    """atexit: a run still open when the interpreter exits did not finish cleanly."""
+def end_open_trackers(status: str = "FAILED") -> list[str]:
+    """End every run this process still has open with ``status`` (atexit: FAILED); their ids."""
+    ended = []
     for tracker in list(_open_trackers):
         try:
-            tracker.end("FAILED")
+            run_id = tracker.run_id
+            tracker.end(status)
+            ended.append(str(run_id))
         except Exception as exc:
             log.warning("could not end MLflow run %s: %s", tracker.run_id, exc)
+    return ended
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, prefixed by its type unless a FedrayError."""
+    from fedray.core.errors import FedrayError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, FedrayError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Tracker:
@@ -167,7 +189,9 @@ class Tracker:
         if exp is None:
             try:
                 return client.create_experiment(
-                    self.experiment, artifact_location=self.artifact_location()
+                    self.experiment,
+                    artifact_location=self.artifact_location(),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                 )
             except MlflowException:  # created concurrently by a sibling sweep job
                 exp = client.get_experiment_by_name(self.experiment)
@@ -175,6 +199,8 @@ class Tracker:
                     raise
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # never overrides a kind the user picked
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
 
     def _system_tags(self, tags: dict[str, str]) -> dict[str, str]:
@@ -244,13 +270,16 @@ class Tracker:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        """End FINISHED, or FAILED if an exception (not ``SystemExit(0)``) is escaping."""
+        """End FINISHED; KILLED on Ctrl-C or SIGTERM (KeyboardInterrupt); FAILED if another
+        exception (not ``SystemExit(0)``) is escaping, with its first line as ``fedray.error``."""
         clean = exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None))
-        status = "FINISHED" if clean else "FAILED"
-        if exc is None:
-            self.end(status)
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        if clean:
+            self.end("FINISHED")
             return
         try:  # never mask the exception that is already escaping
+            if self.active and not isinstance(exc, KeyboardInterrupt | SystemExit):
+                self.set_tags({ERROR_TAG: one_line(exc)})
             self.end(status)
         except Exception as end_exc:
             log.warning("could not mark MLflow run %s %s: %s", self.run_id, status, end_exc)
@@ -351,12 +380,19 @@ class Tracker:
     # -- helpers -----------------------------------------------------------------------------
 
     def ui_command(self) -> str:
-        """How to browse this store: ``mlflow ui --backend-store-uri <uri>``, or a server's URL."""
+        """How to browse this run's experiment in the MLflow UI, in its model-training view.
+
+        A server's URL, or ``mlflow ui --backend-store-uri <uri>`` and the page to open. MLflow
+        3.17's UI picks the GenAI or model-training view from its sidebar switch, carried as
+        ``?workflowType=`` (see :data:`UI_VIEW`), not from the experiment's tags.
+        """
         import shlex
 
+        page = f"#/experiments/{self.experiment_id}{UI_VIEW}" if self.experiment_id else ""
         if urlparse(self.uri).scheme in ("http", "https"):
-            return self.uri
-        return f"mlflow ui --backend-store-uri {shlex.quote(self.uri)}"
+            return f"{self.uri.rstrip('/')}/{page}" if page else self.uri
+        command = f"mlflow ui --backend-store-uri {shlex.quote(self.uri)}"
+        return f"{command}, then open http://127.0.0.1:5000/{page}" if page else command
 
     def run_url(self) -> str | None:
         """The run's page relative to the UI root (``#/experiments/<id>/runs/<run id>``)."""
@@ -369,7 +405,7 @@ def _register(tracker: Tracker) -> None:
     global _atexit_registered
     _open_trackers.add(tracker)
     if not _atexit_registered:
-        atexit.register(_end_open_trackers)
+        atexit.register(end_open_trackers)
         _atexit_registered = True
 
 
@@ -381,4 +417,11 @@ def _close_figure(fig: Any) -> None:
         sys.modules["matplotlib.pyplot"].close(fig)
 
 
-__all__ = ["Tracker", "default_tracking_uri", "flatten_config", "is_local_uri"]
+__all__ = [
+    "Tracker",
+    "default_tracking_uri",
+    "end_open_trackers",
+    "flatten_config",
+    "is_local_uri",
+    "one_line",
+]

@@ -152,7 +152,8 @@ LABELS = POOL % 3
             PartitionConfig(name="dirichlet", num_clients=30, alpha=0.05),
             LABELS,
             None,
-            "min_samples_per_client=1; lower partition.num_clients or raise partition.alpha",
+            "min_samples_per_client=1 in each of 100 seeded draws; lower partition.num_clients "
+            "or raise partition.alpha",
         ),
         (PartitionConfig(name="quantity", min_samples_per_client=2), None, None, "exceeds"),
         (
@@ -173,3 +174,35 @@ def test_dirichlet_function_rejects_alpha_itself() -> None:
     fn = get_partitioner("dirichlet")
     with pytest.raises(DataError, match=r"partition\.alpha=0\.0 must be > 0"):
         fn(list(range(30)), LABELS, None, PartitionConfig(alpha=0.0), random.Random(0))
+
+
+def _skewed() -> tuple[np.ndarray, np.ndarray]:
+    labels = np.repeat(np.arange(6), 100)
+    return labels, np.arange(len(labels), dtype=np.int64)
+
+
+def test_redraw_meets_the_minimum_and_keeps_a_first_draw_that_already_does() -> None:
+    labels, pool = _skewed()
+    cfg = _cfg("dirichlet", 24, alpha=0.1)
+    first = partition(pool, labels, None, cfg, seed=0)
+    assert min(len(c) for c in first) == 0  # the first draw leaves a client empty
+    redrawn = partition(pool, labels, None, replace(cfg, min_samples_per_client=1), seed=0)
+    assert min(len(c) for c in redrawn) >= 1
+    assert _flat(redrawn) == sorted(pool.tolist())
+    again = partition(pool, labels, None, replace(cfg, min_samples_per_client=1), seed=0)
+    assert [c.tolist() for c in again] == [c.tolist() for c in redrawn]  # seeded re-draws
+    easy = _cfg("dirichlet", 4, alpha=1.0)
+    unchanged = partition(pool, labels, None, easy, seed=3)
+    assert min(len(c) for c in unchanged) >= 1
+    kept = partition(pool, labels, None, replace(easy, min_samples_per_client=1), seed=3)
+    assert [c.tolist() for c in kept] == [c.tolist() for c in unchanged]
+
+
+def test_redraw_gives_up_with_one_line() -> None:
+    labels, pool = _skewed()
+    cfg = _cfg("dirichlet", 24, alpha=0.1, min_samples_per_client=60)
+    with pytest.raises(DataError, match=r"in each of 100 seeded draws; lower partition.num_"):
+        partition(pool, labels, None, cfg, seed=0)
+    fixed = _cfg("iid", 24, min_samples_per_client=60)  # sizes do not depend on the draw
+    with pytest.raises(DataError, match=r"fewer than partition.min_samples_per_client=60; "):
+        partition(pool, labels, None, fixed, seed=0)

@@ -24,7 +24,7 @@ def even_sizes(n: int, parts: int) -> list[int]:
     return [n // parts + (1 if k < n % parts else 0) for k in range(parts)]
 
 
-@register_partitioner("iid")
+@register_partitioner("iid", random_sizes=False)
 def iid(
     pool: list[int],
     labels: np.ndarray | None,

@@ -11,7 +11,7 @@ from fedray.core.errors import DataError
 from fedray.data.partition import register_partitioner
 
 
-@register_partitioner("natural", uses_num_clients=False)
+@register_partitioner("natural", uses_num_clients=False, random_sizes=False)
 def natural(
     pool: list[int],
     labels: np.ndarray | None,

@@ -12,7 +12,7 @@ from fedray.data.partition import register_partitioner, require_labels
 from fedray.data.partitioners.iid import cut, even_sizes
 
 
-@register_partitioner("shard")
+@register_partitioner("shard", random_sizes=False)
 def shard(
     pool: list[int],
     labels: np.ndarray | None,
