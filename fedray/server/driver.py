@@ -94,7 +94,9 @@ class Driver:
             return remote_cls.remote(actor_spec, self.data_ref)
 
         self.pool = ActorPool(make, actor_count(self.spec))
-        return self.pool.wait_ready()
+        actors = self.pool.wait_ready()
+        self.pipeline.traffic.model_bytes = int(actors[0]["model_fp32_bytes"])  # for its ratios
+        return actors
 
     def _start(self, resume: bool) -> tuple[DriverState, Ready]:
         """Start the actors, then resume or create the state."""
