@@ -61,7 +61,9 @@ CELLS: dict[str, tuple[str, list[str]]] = {
     ),
     "sign_ef": ("sign + EF", ["compression=sign", "compression.error_feedback=true"]),
 }
-# Run order: the cells that decide the targets first, so a study cut short still answers them.
+# Run order (see `schedule`): every cell at the first seed, most telling first, then the other
+# seeds of the cells the targets hinge on (uncompressed LoRA, codecs past 2,000x), then the rest.
+DECISIVE = ("none", "sign_ef", "topk1_ef")
 PRIORITY = (
     "none",
     "sign_ef",
@@ -76,6 +78,14 @@ PRIORITY = (
     "topk1",
 )
 EXPERIMENT = "compression"
+
+
+def schedule(cells: list[str], seeds: list[int]) -> list[tuple[str, int]]:
+    """(cell, seed) pairs in run order, so that a study cut short by a busy machine has the
+    whole frontier at one seed and the target comparison at all seeds first."""
+    order = [(c, seeds[0]) for c in cells]
+    ranked = [c for c in cells if c in DECISIVE] + [c for c in cells if c not in DECISIVE]
+    return order + [(c, s) for c in ranked for s in seeds[1:]]
 
 
 def sweep_command(seeds: list[int]) -> str:
@@ -297,8 +307,11 @@ def main() -> None:
 
     if args.report_only:
         write_report()
+        log_summary(f"sqlite:///{out}/mlflow.db", out)
         print((out / "RESULTS.md").read_text())
         return
+
+    from mlflow.tracking import MlflowClient
 
     from fedray.app.cli import compose
     from fedray.app.cluster import ray_session
@@ -309,39 +322,72 @@ def main() -> None:
     with ray_session(compose(common).cluster):
         if args.full_ft != "skip":
             full_ft_round(out, ["none"], common, run_experiment, compose)
-        for cell in args.cells:
-            for seed in args.seeds:
-                rdir = run_dir(out, cell, seed)
-                if (rdir / "result.json").exists():
-                    continue
-                cfg = compose([*common, f"seed={seed}", *CELLS[cell][1]])
-                name = f"{cell}-s{seed}"
-                print(f"== {name}", flush=True)
-                t0 = time.perf_counter()
-                result = run_experiment(
-                    cfg, rdir, cwd=out, run_name=name, tags={"study": "compression", "cell": cell}
+        for cell, seed in schedule(args.cells, args.seeds):
+            rdir = run_dir(out, cell, seed)
+            if (rdir / "result.json").exists():
+                continue
+            cfg = compose([*common, f"seed={seed}", *CELLS[cell][1]])
+            name = f"{cell}-s{seed}"
+            print(f"== {name}", flush=True)
+            t0 = time.perf_counter()
+            result = run_experiment(
+                cfg, rdir, cwd=out, run_name=name, tags={"study": "compression", "cell": cell}
+            )
+            wall = time.perf_counter() - t0
+            if result.run_id:
+                MlflowClient(uri).log_metric(result.run_id, "final_accuracy", result.metric)
+            (rdir / "result.json").write_text(
+                json.dumps(
+                    {
+                        "cell": cell,
+                        "seed": seed,
+                        "run_id": result.run_id,
+                        "wall_s": wall,
+                        "history": result.history,
+                    }
                 )
-                wall = time.perf_counter() - t0
-                (rdir / "result.json").write_text(
-                    json.dumps(
-                        {
-                            "cell": cell,
-                            "seed": seed,
-                            "run_id": result.run_id,
-                            "wall_s": wall,
-                            "history": result.history,
-                        }
-                    )
-                )
-                write_report()
+            )
+            write_report()
         if args.full_ft != "skip":
             full_ft_round(out, args.cells, common, run_experiment, compose)
     write_report()
+    log_summary(uri, out)
     print((out / "RESULTS.md").read_text())
 
 
+def log_summary(uri: str, out: Path) -> None:
+    """The table and the accuracy-vs-bytes plot as artifacts of one MLflow run of the study's
+    experiment (tag `study_summary`), reused when the report is rebuilt."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return
+    found = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.study_summary = 'true'"
+    )
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        run = client.create_run(
+            experiment.experiment_id,
+            run_name="compression-study-summary",
+            tags={"study_summary": "true", "study": "compression"},
+        )
+        run_id = run.info.run_id
+    for name in ("RESULTS.md", "accuracy_vs_uplink.png"):
+        if (out / name).exists():
+            client.log_artifact(run_id, str(out / name))
+    client.set_terminated(run_id)
+
+
 def full_ft_round(out: Path, cells: list[str], common: list[str], run_experiment, compose) -> None:
-    """One round of `model=minilm_full` per codec: the bytes one client sends up per round."""
+    """One round of `model=minilm_full` per codec: the bytes one client sends up per round.
+
+    `none` runs the main job's 10 clients; the codecs 2 (bytes are per client; on a shared
+    2-core machine a full fine-tuning client step costs several LoRA rounds).
+    """
     path = out / "full_ft.json"
     done: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for cell in cells:
@@ -352,6 +398,7 @@ def full_ft_round(out: Path, cells: list[str], common: list[str], run_experiment
                 *common,
                 "model=minilm_full",
                 "mode.rounds=1",
+                *([] if cell == "none" else ["mode.clients_per_round=2"]),
                 "tracking.log_model=false",
                 *CELLS[cell][1],
             ]
