@@ -151,11 +151,11 @@ def downlink_chain(down: Any) -> Chain | None:
     """
     if isinstance(down, str):
         down = {"name": down}
-    if not isinstance(down, Mapping | DictConfig) and not is_dataclass(down):
+    if not isinstance(down, Mapping | DictConfig):
         raise ValueError("down must be a codec name (fp16) or node ({name: int8, block: 64})")
-    name = down.name if is_dataclass(down) else down.get("name")
+    name = down.get("name")
     if name == "none":
-        if not is_dataclass(down) and set(down) - {"name"}:
+        if set(down) - {"name"}:
             raise ValueError("down=none takes no options")
         return None
     if name == "chain":
