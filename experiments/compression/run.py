@@ -78,6 +78,7 @@ PRIORITY = (
     "topk1",
 )
 EXPERIMENT = "compression"
+ENCODED = "encoded_bytes.json"
 
 
 def schedule(cells: list[str], seeds: list[int]) -> list[tuple[str, int]]:
@@ -197,22 +198,76 @@ def table(runs: list[Run], cells: list[str], full: int | None) -> str:
 
 
 def full_ft_table(out: Path, runs: list[Run]) -> str:
-    path = out / "full_ft.json"
-    if not path.exists():
-        return "(full fine-tuning round not measured yet: run with --full-ft)"
-    d = json.loads(path.read_text())
+    """Bytes one client sends per round, LoRA vs full fine-tuning, each codec: measured in the
+    study's runs / a full-FT round where they exist, else encoded from the model's trainable
+    state (`--encode-only`)."""
+    measured = (
+        json.loads((out / "full_ft.json").read_text()) if (out / "full_ft.json").exists() else {}
+    )
+    encoded = json.loads((out / ENCODED).read_text()) if (out / ENCODED).exists() else {}
+    if not measured and not encoded:
+        return "(not computed yet: run with --encode-only, or let the study reach --full-ft)"
     lines = [
-        "| codec | LoRA B up / client-round | full FT B up / client-round | full FT / LoRA |",
-        "| --- | ---: | ---: | ---: |",
+        "| codec | LoRA B / update | full FT B / update | full FT / LoRA | source (LoRA; full) |",
+        "| --- | ---: | ---: | ---: | --- |",
     ]
-    for cell, row in d.items():
+    for cell in CELLS:
         rs = [r for r in runs if r.cell == cell]
         lora = sum(r.bytes_up for r in rs) / sum(r.updates for r in rs) if rs else None
-        full = row["bytes_up_per_client"]
-        lora_s = f"{lora:,.0f}" if lora else "n/a"
-        ratio = f"{full / lora:,.0f}x" if lora else "n/a"
-        lines.append(f"| {CELLS[cell][0]} | {lora_s} | {full:,.0f} | {ratio} |")
+        lora_src = "study runs" if rs else "encoded"
+        lora = lora or encoded.get(cell, {}).get("lora")
+        full = measured.get(cell, {}).get("bytes_up_per_client")
+        full_src = "one full-FT round" if full else "encoded"
+        full = full or encoded.get(cell, {}).get("full")
+        if not lora or not full:
+            continue
+        lines.append(
+            f"| {CELLS[cell][0]} | {lora:,.0f} | {full:,.0f} | {full / lora:,.0f}x | "
+            f"{lora_src}; {full_src} |"
+        )
     return "\n".join(lines)
+
+
+def encode_bytes(out: Path) -> None:
+    """Bytes of one update per codec for the LoRA and the full fine-tuning model, encoded by the
+    real client half of the pipeline from a seeded Gaussian delta (std 1e-3) of each model's
+    trainable state: exact for every fixed-size codec; for topk the index section depends on the
+    positions kept (a few % either way). No training, no Ray."""
+    import numpy as np
+
+    from fedray.app.cli import compose
+    from fedray.app.spec import build_spec
+    from fedray.client.trainer import Trainer
+    from fedray.core.types import spec_of
+    from fedray.pipeline import Pipeline
+
+    result: dict[str, dict[str, int]] = {cell: {} for cell in CELLS}
+    for model, key in (("minilm_lora", "lora"), ("minilm_full", "full")):
+        spec = build_spec(compose(["tracking=none", f"model={model}"]))
+        state = Trainer(spec.model, spec.data.task, 6, spec.seed).get_state()
+        shape = spec_of(state)
+        rng = np.random.default_rng(0)
+        delta = {
+            k: (rng.standard_normal(v.shape) * 1e-3).astype(np.float32) for k, v in state.items()
+        }
+        del state
+        for cell, (_, overrides) in CELLS.items():
+            pipeline = Pipeline.from_spec(build_spec(compose(["tracking=none", *overrides])))
+            payload, _ = pipeline.client(
+                delta,
+                spec=shape,
+                weight=1.0,
+                client_id=0,
+                round=1,
+                seed=1,
+                round_message=None,
+                client_message=None,
+                client_state={},
+                session={},
+            )
+            result[cell][key] = int(payload.nbytes)
+            print(f"{model} {cell}: {payload.nbytes:,} bytes", flush=True)
+    (out / ENCODED).write_text(json.dumps(result, indent=1))
 
 
 def plot(runs: list[Run], cells: list[str], path: Path) -> None:
@@ -271,7 +326,7 @@ def report(out: Path, cells: list[str], seeds: list[int], started: str, extra: l
             "",
             "Not run (yet): " + (", ".join(missing) if missing else "none"),
             "",
-            "## Bytes per client per round, LoRA vs full fine-tuning (one round each)",
+            "## Bytes per client update, LoRA vs full fine-tuning of the same model",
             "",
             full_ft_table(out, runs),
             "",
@@ -285,6 +340,11 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", default=list(PRIORITY), choices=list(CELLS))
     parser.add_argument("--out", default="experiments/compression/out")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--encode-only",
+        action="store_true",
+        help="only encode one update per codec for LoRA and full FT (bytes; no training)",
+    )
     parser.add_argument(
         "--full-ft",
         choices=("first", "last", "skip"),
@@ -305,6 +365,10 @@ def main() -> None:
         text = report(out, table_cells, args.seeds, started, args.overrides)
         (out / "RESULTS.md").write_text(text)
 
+    if args.encode_only:
+        encode_bytes(out)
+        write_report()
+        return
     if args.report_only:
         write_report()
         log_summary(f"sqlite:///{out}/mlflow.db", out)
