@@ -252,12 +252,16 @@ def traffic_summary(history: list[dict[str, Any]]) -> str | None:
         f"bytes: {last['bytes_up_total'] / 1e6:.3f} MB up, "
         f"{last['bytes_down_total'] / 1e6:.3f} MB down in all"
     )
-    pairs = (("compression_up", "dense float32"), ("compression_up_vs_model", "the full model"))
-    for key, what in pairs:
-        if up > 0 and all(key in r for r in rows):
-            ratio = sum(r["bytes_up"] * r[key] for r in rows) / up
-            text += f"; uplink {ratio:,.1f}x smaller than {what}"
-    return text
+    pairs = (
+        ("compression_up", "the same tensors as float32"),
+        ("compression_up_vs_model", "the full model as float32"),
+    )
+    ratios = [
+        f"{sum(r['bytes_up'] * r[key] for r in rows) / up:,.1f}x smaller than {what}"
+        for key, what in pairs
+        if up > 0 and all(key in r for r in rows)
+    ]
+    return text + (f"; updates {', '.join(ratios)}" if ratios else "")
 
 
 def _unwrap(ref: Any) -> Any:

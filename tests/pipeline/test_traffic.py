@@ -43,3 +43,21 @@ def test_totals_are_pipeline_state() -> None:
         again.load_state_dict({**state, "codec": {}})
     with pytest.raises(KeyError, match=r"Traffic\.load_state_dict"):
         again.load_state_dict({**state, "traffic": {"up_total": 1}})
+
+
+def test_run_summary_line_weighs_rounds_by_bytes() -> None:
+    from fedray.app.run import traffic_summary
+
+    rows = [
+        {"bytes_up": 100.0, "bytes_up_total": 100.0, "bytes_down_total": 4e6},
+        {"bytes_up": 300.0, "bytes_up_total": 400.0, "bytes_down_total": 8e6},
+    ]
+    assert traffic_summary(rows) == "bytes: 0.000 MB up, 8.000 MB down in all"
+    rows[0].update(compression_up=2.0, compression_up_vs_model=100.0)
+    rows[1].update(compression_up=4.0, compression_up_vs_model=400.0)
+    line = traffic_summary(rows)
+    assert line.endswith(
+        "; updates 3.5x smaller than the same tensors as float32, "
+        "325.0x smaller than the full model as float32"
+    )
+    assert traffic_summary([]) is None
