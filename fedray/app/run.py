@@ -170,7 +170,7 @@ def run_experiment(
     from fedray.app.preflight import check_tracking_uri
     from fedray.client.dataset import EncodeJob
     from fedray.server.driver import start
-    from fedray.tracking.plots import curve_figure, label_histogram_figure
+    from fedray.tracking.plots import curve_figure, label_histogram_figure, traffic_figure
     from fedray.tracking.tracker import Tracker
 
     t0 = time.perf_counter()
@@ -245,6 +245,8 @@ def run_experiment(
                         f"{event.startup_s:.1f} s; {event.num_clients} clients"
                     )
                     progress.header(spec.mode.rounds)
+                    model = event.actors[0] if event.actors else {}
+                    tracker.log_params({f"model.{k}": model[k] for k in SIZE_KEYS if k in model})
                 elif isinstance(event, Evaluated):
                     result.initial = {f"eval_{k}": v for k, v in event.metrics.items()}
                     progress.line(f"initial model: {result.initial}")
@@ -277,6 +279,9 @@ def run_experiment(
                 keys = [f"eval_{m}" for m in task.display] + ["train_loss"]
                 keys = [k for k in keys if any(k in row for row in result.history)]
                 tracker.log_figure(curve_figure(result.history, keys, spec.name), "curves.png")
+                tracker.log_figure(traffic_figure(result.history, spec.name), "traffic.png")
+            if (summary := traffic_summary(result.history)) is not None:
+                progress.line(summary)
             result.fingerprint = (silos or data).fingerprint(schedule)
             tracker.log_text(json.dumps({"data_fingerprint": result.fingerprint}), "data.json")
             if silos is not None:
@@ -287,6 +292,33 @@ def run_experiment(
     if result.run_id:
         progress.line(f"MLflow run {result.run_id}; open the UI with: {result.ui_command}")
     return result
+
+
+SIZE_KEYS = ("model_params", "model_fp32_bytes", "trainable_params")
+
+
+def traffic_summary(history: list[dict[str, Any]]) -> str | None:
+    """One line on the bytes of the rounds in `history`: totals, and how many times fewer the
+    uplink sent than dense float32 of the same tensors and than the whole model per update."""
+    rows = [r for r in history if "bytes_up" in r]
+    if not rows:
+        return None
+    last = rows[-1]
+    up = sum(r["bytes_up"] for r in rows)
+    text = (
+        f"bytes: {last['bytes_up_total'] / 1e6:.3f} MB up, "
+        f"{last['bytes_down_total'] / 1e6:.3f} MB down in all"
+    )
+    pairs = (
+        ("compression_up", "the same tensors as float32"),
+        ("compression_up_vs_model", "the full model as float32"),
+    )
+    ratios = [
+        f"{sum(r['bytes_up'] * r[key] for r in rows) / up:,.1f}x smaller than {what}"
+        for key, what in pairs
+        if up > 0 and all(key in r for r in rows)
+    ]
+    return text + (f"; updates {', '.join(ratios)}" if ratios else "")
 
 
 def _unwrap(ref: Any) -> Any:

@@ -49,6 +49,26 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def model_size(model: Any) -> tuple[int, int]:
+    """(parameters of the whole model without its peft adapters, trainable parameters).
+
+    A peft model holds its tuner's adapter weights (names with the tuner's prefix, e.g.
+    `lora_`) and a trainable copy of each `modules_to_save` module beside the original; neither
+    is part of the model a full fine-tuning run would train.
+    """
+    from peft import PeftModel
+
+    skip: tuple[str, ...] = ()
+    if isinstance(model, PeftModel):
+        skip = (str(model.base_model.prefix), ".modules_to_save.")
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        trainable += p.numel() if p.requires_grad else 0
+        if not any(s in name for s in skip):
+            total += p.numel()
+    return total, trainable
+
+
 @dataclass(frozen=True)
 class ActorSpec:
     """What a client actor needs, already typed: the run spec, the data's label count, the
@@ -95,10 +115,16 @@ class ClientWorker:
         self.session_round = -1
 
     def ready(self) -> dict[str, Any]:
-        """Where this actor runs: pid, node, device, and the GPUs Ray pinned it to."""
+        """Where this actor runs (pid, device, the GPUs Ray pinned it to) and the size of its
+        model: `model_params` (the whole model, adapters excluded), `model_fp32_bytes` (as
+        float32: what a full fine-tuning update would send), `trainable_params`."""
         import ray
 
+        params, trainable = model_size(self.trainer.model)
         return {
+            "model_params": params,
+            "model_fp32_bytes": 4 * params,
+            "trainable_params": trainable,
             "pid": os.getpid(),
             "node": self.node,
             "device": str(self.trainer.device),

@@ -16,7 +16,7 @@ from fedray.compression import (  # noqa: F401  (registers)
     sign,
     topk,
 )
-from fedray.compression.lib.chain import Chain, build_chain, chain_from_node
+from fedray.compression.lib.chain import Chain, build_chain, chain_from_node, downlink_chain
 from fedray.compression.lib.spec import StateSpec
 
-__all__ = ["Chain", "StateSpec", "build_chain", "chain_from_node"]
+__all__ = ["Chain", "StateSpec", "build_chain", "chain_from_node", "downlink_chain"]

@@ -7,11 +7,12 @@ not copied again, which matters when the whole model travels (full fine-tuning).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from fedray.compression.lib.stages import DOWNLINK_HELP
 from fedray.core.registry import register
 from fedray.core.types import State, StateSpec
 
@@ -21,6 +22,7 @@ class NoCompressionOptions:
     """Options of `compression=none`."""
 
     name: str = "none"
+    down: Any = field(default="none", metadata={"help": DOWNLINK_HELP})
 
 
 def pack_dense(state: State, spec: StateSpec) -> np.ndarray:

@@ -86,6 +86,17 @@ class Qsgd(Quantizer):
     def ef_problem(self) -> str | None:
         return ef_problem(self.options)
 
+    def down_problem(self) -> str | None:
+        """The same variance factor bounds the error on a global state: >= 1, the noise is as
+        large as the weights it encodes."""
+        o = self.options
+        if ef_problem(o) is None:
+            return None
+        return (
+            f"qsgd norm={o.norm} at block={o.block}, levels={o.levels} adds noise as large as the "
+            "global state it encodes; use norm=max, or int8 | int4 | nf4"
+        )
+
     def steps(self, norms: np.ndarray) -> np.ndarray:
         """Per-bucket step `h = N / s` (float32), computed identically on both ends."""
         return norms / np.float32(self.options.levels)

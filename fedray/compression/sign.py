@@ -45,6 +45,12 @@ class Sign(Quantizer):
     options: SignOptions
     can_grow_norm = False
 
+    def down_problem(self) -> str | None:
+        return (
+            "sign keeps one magnitude per block, so every weight of the global state would "
+            "become +-mean|w|; it compresses updates (with error feedback), not states"
+        )
+
     def nbytes(self, seg: np.ndarray) -> int:
         return 4 * num_blocks(seg, self.options.block) + packed_nbytes(int(np.sum(seg)), 1)
 

@@ -1,11 +1,18 @@
 """The update pipeline of a run: the downlink codec, the uplink codec and the privacy mechanism,
 composed once from the spec.
 
-Client half (in the client actor): ``delta -> mechanism.client_transform (clip | mask | encrypt)
--> codec.encode`` (a sum-only mechanism's transform is already the payload). Server half (in the
-round protocol): ``codec.decode`` of each plaintext update. Neither the actor nor the coordinator
-knows which codec or mechanism is on; combinations that cannot work are refused by
-:func:`check_pipeline` before anything starts.
+Downlink (server, once per round): ``shared global state -> down.encode`` (`compression.down`, a
+quantizer or dense float32), put in the object store once; each client trains from
+``down.decode`` of it, and its delta is taken against what it received. Client half (in the
+client actor): ``delta -> mechanism.client_transform (clip | mask | encrypt) -> codec.encode``
+(a sum-only mechanism's transform is already the payload). Server half (in the round protocol):
+``codec.decode`` of each plaintext update. Neither the actor nor the coordinator knows which
+codec or mechanism is on; combinations that cannot work are refused by :func:`check_pipeline`
+before anything starts. :class:`~fedray.pipeline.traffic.Traffic` counts the bytes.
+
+Seeds: a client's uplink codec draws from its job seed (run seed, round, client id; the chain
+derives streams apart from training's); the downlink from :func:`broadcast_seed` (run seed,
+round).
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from fedray.compression import downlink_chain
 from fedray.core import registry
 from fedray.core.config import FedrayConfig
 from fedray.core.errors import ConfigError
 from fedray.core.types import ClientState, Contribution, State, StateSpec, Update
+from fedray.pipeline.traffic import Traffic
 from fedray.privacy.base import Mechanism
 
 Wire = np.ndarray
@@ -30,6 +39,12 @@ def as_wire(data: Any) -> Wire:
     return data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
 
 
+def broadcast_seed(seed: int, round: int) -> int:
+    """The downlink codec's seed for round (async: global version) `round` of a run seeded
+    `seed`: fresh stochastic rounding each round, the same on every rerun."""
+    return int(np.random.SeedSequence([seed, round, 0xD0]).generate_state(1, np.uint64)[0])
+
+
 class Pipeline:
     """The codecs and the mechanism of one run.
 
@@ -39,12 +54,15 @@ class Pipeline:
 
     def __init__(self, up: Any, down: Any, mechanism: Mechanism) -> None:
         self.up, self.down, self.mechanism = up, down, mechanism
+        self.traffic = Traffic()
 
     @classmethod
     def from_spec(cls, spec: FedrayConfig) -> Pipeline:
-        """Build the stages the `compression` and `privacy` groups select."""
+        """Build the stages the `compression` (with its `down`) and `privacy` groups select."""
         up = registry.build("compression", spec.compression)
-        down = registry.build("compression", {"name": "none"})
+        down = downlink_chain(spec.compression.down) or registry.build(
+            "compression", {"name": "none"}
+        )
         return cls(up, down, registry.build("privacy", spec.privacy))
 
     @property
@@ -54,7 +72,8 @@ class Pipeline:
 
     # -- downlink --------------------------------------------------------------------------
     def encode_down(self, state: State, spec: StateSpec, *, seed: int) -> Wire:
-        """The broadcast payload of the (shared) global state, encoded once per round."""
+        """The broadcast payload of the (shared) global state, encoded once per round (`seed`:
+        :func:`broadcast_seed`)."""
         payload, _ = self.down.encode(state, spec=spec, seed=seed)
         return as_wire(payload)
 
@@ -113,18 +132,26 @@ class Pipeline:
         return dict(self.mechanism.metrics())
 
     def state_dict(self) -> dict[str, Any]:
-        """The stages' server-side state for checkpoints (client-side state is per client)."""
-        return {"privacy": self.mechanism.state_dict()}
+        """The stages' server-side state for checkpoints (client-side state, such as the
+        error-feedback residuals, is per client) and the byte totals."""
+        return {"privacy": self.mechanism.state_dict(), "traffic": self.traffic.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        if set(state) != {"privacy"}:
+        """Restore :meth:`state_dict`. A checkpoint written before byte totals were kept has
+        only "privacy": its totals then count from the resumed round on."""
+        if set(state) not in ({"privacy", "traffic"}, {"privacy"}):
             raise KeyError(f"Pipeline.load_state_dict: unexpected keys {sorted(state)}")
         self.mechanism.load_state_dict(state["privacy"])
+        if "traffic" in state:
+            self.traffic.load_state_dict(state["traffic"])
 
 
 def check_pipeline(spec: FedrayConfig) -> None:
     """Refuse stage combinations that cannot work, in one line naming both options."""
+    try:
+        downlink_chain(spec.compression.down)
+    except ValueError as exc:
+        raise ConfigError(f"compression.{exc}") from None
     algo = registry.entry("algorithm", spec.algorithm.name).factory
     mechanism = registry.entry("privacy", spec.privacy.name).factory
     privacy, algorithm = f"privacy={spec.privacy.name}", f"algorithm={spec.algorithm.name}"

@@ -21,6 +21,7 @@ from fedray.core.errors import QuorumError
 from fedray.core.events import RoundEnd
 from fedray.core.types import Contribution, Failure, State, Update
 from fedray.core.validate import update_norm
+from fedray.pipeline.traffic import Sent
 from fedray.server.async_core import AsyncLoop, Job, Period
 from fedray.server.protocol import Broadcast, RoundProtocol, RoundTimer, update_metrics
 
@@ -33,7 +34,7 @@ class PoolExecutor:
         self.broadcasts: dict[int, Broadcast] = {}  # versions some job started from
         self.inflight: Counter[int] = Counter()
         self.calls = 0
-        self.bytes_down = 0
+        self.sends: list[Sent] = []  # what each call of the period received
 
     def submit(self, job: Job, global_state: State) -> None:
         p = self.protocol
@@ -44,7 +45,7 @@ class PoolExecutor:
         bcast = self.broadcasts[job.version]
         self.inflight[job.version] += 1
         self.calls += 1
-        self.bytes_down += bcast.nbytes
+        self.sends.append(bcast.sent)
         call = p.job_call(bcast, job.client_id, job.attempt, job.draw + 1)
         slot = p.placement.slot_for(job.client_id)  # a silo's client: its silo's actor
         p.pool.submit(job, call, actor=slot, timeout_s=p.spec.mode.client_timeout_s)
@@ -118,8 +119,10 @@ def run_async(
     timer = RoundTimer()
     for period in loop.run(executor):
         metrics = period_metrics(period, loop, m.min_clients)
-        metrics["bytes_down"], metrics["client_calls"] = float(executor.bytes_down), executor.calls
-        executor.bytes_down = executor.calls = 0
+        arrived = [a.update for a in period.arrivals if a.update is not None]
+        metrics.update(p.traffic(arrived, executor.sends))
+        metrics["client_calls"] = float(executor.calls)
+        executor.sends, executor.calls = [], 0
         metrics.update(p.pipeline.metrics())
         if period.index % m.eval_every == 0 or period.index == m.rounds:
             metrics.update({f"eval_{k}": v for k, v in p.evaluate(loop.global_state).items()})

@@ -105,7 +105,9 @@ class Driver:
             return cls.remote(spec, group.data[0])
 
         self.pool = ActorPool(make, len(slot_group))
-        return self.pool.wait_ready()
+        actors = self.pool.wait_ready()
+        self.pipeline.traffic.model_bytes = int(actors[0]["model_fp32_bytes"])  # for its ratios
+        return actors
 
     def _start(self, resume: bool) -> tuple[DriverState, Ready]:
         """Start the actors, then resume or create the state."""

@@ -27,8 +27,18 @@ from fedray.core.config import FedrayConfig
 from fedray.core.context import RoundContext, RunContext
 from fedray.core.seeding import client_seed
 from fedray.core.statemath import nbytes
-from fedray.core.types import ClientState, Contribution, Failure, State, TrainJob, Update, spec_of
-from fedray.pipeline import Pipeline
+from fedray.core.types import (
+    ClientState,
+    Contribution,
+    Failure,
+    State,
+    StateSpec,
+    TrainJob,
+    Update,
+    spec_of,
+)
+from fedray.pipeline import Pipeline, broadcast_seed
+from fedray.pipeline.traffic import Sent
 from fedray.server.collect import screen
 from fedray.server.placement import Placement
 from fedray.server.pool import ActorPool, Call
@@ -45,6 +55,7 @@ class Broadcast:
     shared: State  # what clients receive and what updates must match
     payload_ref: ray.ObjectRef  # the downlink codec's payload of `shared`
     nbytes: int  # per receiving client: payload + extra state
+    dense_nbytes: int  # the same tensors as float32
     extra: State | None  # strategy extra state (SCAFFOLD's c), sent beside it
     extra_ref: ray.ObjectRef | None
     message_ref: ray.ObjectRef  # the mechanism's round message
@@ -52,6 +63,11 @@ class Broadcast:
 
     def __post_init__(self) -> None:
         self.spec = spec_of(self.shared)
+
+    @property
+    def sent(self) -> Sent:
+        """What one receiving client call costs: (bytes, bytes as dense float32)."""
+        return self.nbytes, self.dense_nbytes
 
 
 class PoolIO:
@@ -104,6 +120,7 @@ class RoundProtocol:
         self.placement = placement or Placement(
             [ActorGroup("all", [], 0, run.population)], [pool.size]
         )
+        self.shared_spec: StateSpec | None = None  # of the last broadcast: what updates match
 
     # -- 1. plan ---------------------------------------------------------------------------
     def plan(self, rnd: int) -> list[int]:
@@ -114,14 +131,19 @@ class RoundProtocol:
     def broadcast(self, ctx: RoundContext, global_state: State) -> Broadcast:
         """Encode and put the round's global state, extra state and round message once."""
         shared = self.strategy.shared_state(global_state)
-        payload = self.pipeline.encode_down(shared, spec_of(shared), seed=self.spec.seed)
+        self.shared_spec = spec = spec_of(shared)
+        payload = self.pipeline.encode_down(
+            shared, spec, seed=broadcast_seed(self.spec.seed, ctx.round)
+        )
         extra = self.strategy.broadcast(global_state)
+        extra_nbytes = 0 if extra is None else nbytes(extra)
         return Broadcast(
             ctx=ctx,
             global_state=global_state,
             shared=shared,
             payload_ref=ray.put(payload),
-            nbytes=int(payload.nbytes) + (0 if extra is None else nbytes(extra)),
+            nbytes=int(payload.nbytes) + extra_nbytes,
+            dense_nbytes=4 * spec.size + extra_nbytes,
             extra=extra,
             extra_ref=None if extra is None else ray.put(extra),
             message_ref=ray.put(self.pipeline.mechanism.round_message(ctx)),
@@ -162,6 +184,16 @@ class RoundProtocol:
         losses = {u.client_id: float(u.metrics["loss"]) for u in updates if "loss" in u.metrics}
         self.selector.observe(rnd, losses)
 
+    def traffic(self, arrived: list[Update], down: list[Sent]) -> dict[str, float]:
+        """The byte figures of a round: `arrived` every update that came back, `down` what each
+        client call received (:attr:`Broadcast.sent`); see :mod:`fedray.pipeline.traffic`."""
+        assert self.shared_spec is not None, "traffic() before the first broadcast"
+        dense = 4 * self.shared_spec.size
+        up: list[Sent] = [
+            (u.nbytes_up, dense + (0 if u.extra is None else nbytes(u.extra))) for u in arrived
+        ]
+        return self.pipeline.traffic.record(up, down)
+
     def evaluate(self, global_state: State) -> dict[str, float]:
         """The task's metrics of `global_state`, the test set sharded over every client actor.
 
@@ -181,7 +213,6 @@ def update_metrics(updates: list[Update], arrived: list[Update]) -> dict[str, fl
         "clients_ok": float(len(updates)),
         "train_loss": loss,
         "train_samples": float(n),
-        "bytes_up": float(sum(u.nbytes_up for u in arrived)),
         "client_compute_s": sum(u.metrics.get("compute_s", 0.0) for u in arrived),
         "client_delay_s": sum(u.metrics.get("delay_s", 0.0) for u in arrived),
     }

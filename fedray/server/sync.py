@@ -70,8 +70,8 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
         updates_rejected=float(len(rejected)),
         round_skipped=float(shortfall is not None),
         clients_late=float(calls.late),  # past mode.round_deadline_s
-        bytes_down=float(bcast.nbytes * calls.calls),
         round_trips=float(io.round_trips),
+        **p.traffic(updates, [bcast.sent] * calls.calls),  # every call received the broadcast
         **p.pipeline.metrics(),
     )
     if rnd % m.eval_every == 0 or rnd == m.rounds:

@@ -119,3 +119,31 @@ def curve_figure(history: list[dict[str, float]], keys: list[str], title: str) -
     axes[-1].set_xlabel("round")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
+
+
+def traffic_figure(history: list[dict[str, float]], title: str) -> Figure:
+    """Bytes per round: cumulative MB up and down (left), and the spread of one client's
+    upload within each round, min / median / p90 / max (right)."""
+    fig = _new_figure(10.0, 4.0)
+    totals = {k: _points(history, f"bytes_{k}_total") for k in ("up", "down")}
+    if not any(xs for xs, _ in totals.values()):
+        return _no_data(fig, title)
+    left, right = fig.subplots(1, 2)
+    for way, (xs, ys) in totals.items():
+        left.plot(xs, [y / 1e6 for y in ys], marker="o", markersize=3, label=f"{way}link")
+    left.set_title(f"{title}: cumulative MB")
+    left.set_xlabel("round")
+    left.legend(fontsize="small")
+    for q in ("min", "p50", "p90", "max"):
+        xs, ys = _points(history, f"bytes_up_client_{q}")
+        if xs:
+            right.plot(xs, [y / 1e3 for y in ys], marker="o", markersize=3, label=q)
+    right.set_title("uplink kB per client, per round")
+    right.set_xlabel("round")
+    right.legend(fontsize="small")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig

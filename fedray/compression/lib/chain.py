@@ -31,7 +31,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fedray.compression.lib.bits import Reader
 from fedray.compression.lib.spec import StateSpec
-from fedray.compression.lib.stages import CodecOptions, Float32, Quantizer, Sparsifier
+from fedray.compression.lib.stages import (
+    DOWNLINK_HELP,
+    CodecOptions,
+    Float32,
+    Quantizer,
+    Sparsifier,
+)
 from fedray.core.registry import register
 from fedray.core.types import State
 
@@ -113,11 +119,11 @@ def build_chain(codec_nodes: Sequence[Any], error_feedback: bool = False) -> Cha
         raise ValueError("codecs must be a list of codec nodes, e.g. [{name: topk}, {name: int8}]")
     opts = [parse_codec(node, f"codecs[{i}].") for i, node in enumerate(codec_nodes)]
     for i, o in enumerate(opts):
-        if o.error_feedback:
-            raise ValueError(
-                f"codecs[{i}].error_feedback: set error_feedback on the chain node, "
-                "not on its codecs"
-            )
+        for key, default in (("error_feedback", False), ("down", "none")):
+            if getattr(o, key) != default:
+                raise ValueError(
+                    f"codecs[{i}].{key}: set {key} on the chain node, not on its codecs"
+                )
     return Chain([_STAGES[o.name][1](o) for o in opts], error_feedback=bool(error_feedback))
 
 
@@ -134,6 +140,34 @@ def chain_from_node(node: Any) -> Chain:
         return build_chain(opts.codecs, opts.error_feedback)
     opts = parse_codec(node)
     return Chain([_STAGES[opts.name][1](opts)], error_feedback=opts.error_feedback)
+
+
+def downlink_chain(down: Any) -> Chain | None:
+    """The downlink codec a compression node's `down` selects: None for `none` (dense float32),
+    else a one-quantizer chain. The downlink carries the global *state*, whole, every round
+    (sampled clients keep no model between their rounds), so sparsifiers are refused, and so is
+    any stage whose :meth:`down_problem` says it cannot encode a state; error feedback too (it is
+    per client, on the uplink). One-line ValueErrors prefixed `down`.
+    """
+    if isinstance(down, str):
+        down = {"name": down}
+    if not isinstance(down, Mapping | DictConfig):
+        raise ValueError("down must be a codec name (fp16) or node ({name: int8, block: 64})")
+    name = down.get("name")
+    if name == "none":
+        if set(down) - {"name"}:
+            raise ValueError("down=none takes no options")
+        return None
+    if name == "chain":
+        raise ValueError("down takes one quantizer (fp16 | bf16 | int8 | int4 | nf4), not a chain")
+    opts = parse_codec(down, "down.")
+    for key, default in (("error_feedback", False), ("down", "none")):
+        if getattr(opts, key) != default:
+            raise ValueError(f"down.{key} is an uplink setting; remove it from the down node")
+    stage = _STAGES[opts.name][1](opts)
+    if problem := stage.down_problem():
+        raise ValueError(f"down={opts.name}: {problem}")
+    return Chain([stage])
 
 
 class Chain:
@@ -255,6 +289,7 @@ class ChainOptions:
     name: str = "chain"
     codecs: list[Any] = field(default_factory=list)
     error_feedback: bool = False
+    down: Any = field(default="none", metadata={"help": DOWNLINK_HELP})
 
     def check(self) -> None:
         """Build once to reject unknown codecs, bad options and misordered chains."""
@@ -270,7 +305,7 @@ def chain_factory(options: ChainOptions) -> Chain:
 def _typed_chain(node: Mapping[str, Any] | DictConfig) -> ChainOptions:
     unknown = sorted(set(node) - {f.name for f in fields(ChainOptions)})
     if unknown:
-        raise ValueError(f"{unknown[0]} is not an option of chain (codecs, error_feedback)")
+        raise ValueError(f"{unknown[0]} is not an option of chain (codecs, error_feedback, down)")
     try:
         plain = OmegaConf.to_container(node) if isinstance(node, DictConfig) else dict(node)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ChainOptions), plain))

@@ -13,23 +13,30 @@ Blockwise quantizers never let a block straddle two segments.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fedray.compression.lib.bits import Reader
 from fedray.compression.lib.spec import StateSpec
 
+DOWNLINK_HELP = (
+    "The downlink codec of the broadcast global state: `none` (dense float32), a quantizer's "
+    "name (`fp16`) or node (`{name: int8, block: 64}`). Uplink-only settings stay on the uplink."
+)
+
 
 @dataclass
 class CodecOptions:
     """Fields every codec node has. `error_feedback` is a chain setting: on a single-codec node
     it switches error feedback for that one-stage chain; inside `name: chain` it must stay off
-    (the chain node has its own)."""
+    (the chain node has its own). `down` (the downlink codec, see
+    :func:`fedray.compression.lib.chain.downlink_chain`) likewise belongs to the top node."""
 
     name: str = ""
     error_feedback: bool = False
+    down: Any = field(default="none", metadata={"help": DOWNLINK_HELP})
 
     def check(self) -> None:
         """Raise ValueError with a one-line reason if an option is out of range."""
@@ -61,6 +68,10 @@ class Quantizer(ABC):
 
     def ef_problem(self) -> str | None:
         """Why error feedback must not run behind this stage (it would diverge), or None."""
+        return None
+
+    def down_problem(self) -> str | None:
+        """Why this stage cannot encode a global *state* on the downlink, or None."""
         return None
 
 
@@ -115,3 +126,12 @@ class Sparsifier(ABC):
         (Karimireddy et al. 2019); an unbiased one with variance factor >= 1 makes the residual
         grow each round."""
         return None
+
+    def down_problem(self) -> str | None:
+        """A sparsifier cannot encode the broadcast: the downlink sends the global *state*, whole,
+        to sampled clients that hold no earlier copy to add a sparse delta to."""
+        return (
+            f"{self.options.name} is a sparsifier: it would zero most of the global state, which "
+            "the downlink sends whole (sampled clients hold no earlier copy to patch); use a "
+            "quantizer (fp16, bf16, int8, int4, nf4)"
+        )
