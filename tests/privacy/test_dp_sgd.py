@@ -53,10 +53,21 @@ def job(
     seed: int = 11,
     state=None,
     recipe: Recipe | None = None,
+    during: dict | None = None,
 ):
-    """What the client actor does for one job: shape, run the rule, finish."""
+    """What the client actor does for one job: shape, run the rule, finish. `during` gets the
+    number of hooks on the model right after opacus wrapped it."""
     session: dict = {}
     training = mech.client_training(client_id=3, round=1, seed=seed, state=state, session=session)
+    if during is not None:
+        inner = training.wrap
+
+        def wrap(model, optimizer, loader):
+            wrapped = inner(model, optimizer, loader)
+            during["hooks"] = hooks(trainer.model)
+            return wrapped
+
+        training.wrap = wrap  # type: ignore[method-assign]
     with trainer.shaped(training):
         result = LocalRule().run(trainer, LocalJob(3, seed, data, start), recipe or RECIPE)
     kept, figures = mech.client_finish(client_id=3, round=1, state=state, session=session)
@@ -83,7 +94,11 @@ def test_a_job_trains_under_opacus_and_leaves_no_hook_behind(cfg, data) -> None:
     trainer = Trainer(cfg, "classification", 2, seed=0)
     start = trainer.get_state()
     before = hooks(trainer.model)
-    result, kept, figures, training = job(DpSgd(DpSgdOptions()), trainer, data, start)
+    during: dict = {}
+    result, kept, figures, training = job(
+        DpSgd(DpSgdOptions()), trainer, data, start, during=during
+    )
+    assert during["hooks"] > before  # opacus' hooks were on the model while it trained
     assert training.runs == [(1 / 3, 3)]  # 24 samples, batch 8: rate 1/3, 3 Poisson steps
     assert result.metrics["steps"] == 3
     assert figures[EPSILON] == kept["epsilon"] > 0 and kept["jobs"] == 1
