@@ -70,6 +70,7 @@ class Row:
     epsilon: float  # the epsilon the run logged at its end (dp_sgd: the largest client's)
     noise_multiplier: float
     final_accuracy: float
+    eval_loss: float
     train_loss: float
     wall_s: float
     run_id: str | None
@@ -110,15 +111,15 @@ def dp_sgd_noise(cfg, target: float, rounds: int, cohort: int) -> tuple[float, i
 def table(rows: list[Row]) -> str:
     lines = [
         "| row | privacy | epsilon (target) | epsilon (logged) | noise multiplier | "
-        "final accuracy | train loss (last round) | wall (s) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "final accuracy | test loss | train loss (last round) | wall (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         target = "-" if r.mechanism == "none" else _eps(r.target)
         logged = "-" if r.mechanism == "none" else _eps(r.epsilon)
         lines.append(
             f"| {r.name} | {r.mechanism} | {target} | {logged} | {r.noise_multiplier:.4g} | "
-            f"{r.final_accuracy:.4f} | {r.train_loss:.4f} | {r.wall_s:.0f} |"
+            f"{r.final_accuracy:.4f} | {r.eval_loss:.4f} | {r.train_loss:.4f} | {r.wall_s:.0f} |"
         )
     return "\n".join(lines)
 
@@ -230,6 +231,7 @@ def main() -> None:
                 eps,
                 float(last.get("noise_multiplier", 0.0)),
                 result.metric,
+                float(last.get("eval_loss", math.nan)),
                 float(last.get("train_loss", math.nan)),
                 time.perf_counter() - start,
                 result.run_id,
