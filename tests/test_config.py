@@ -19,6 +19,7 @@ REQUIRED = {
     "algorithm/fedasync": ["mode=async"],
     "algorithm/fedbuff": ["mode=async"],
     "mode/async": ["algorithm=fedbuff"],
+    "privacy/dp_fedavg": ["privacy.noise_multiplier=1.0"],  # or privacy.target_epsilon
 }
 
 

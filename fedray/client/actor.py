@@ -177,6 +177,8 @@ class ClientWorker:
         self.faults.inject(job.round, job.client_id, job.attempt)
         global_state = self.pipeline.decode_down(payload, job.spec)
         stored = dict(job.client_state)
+        mechanism = self.pipeline.mechanism
+        session = self._session(job.round, job.client_id)
         local = LocalJob(
             job.client_id,
             job.seed,
@@ -185,7 +187,15 @@ class ClientWorker:
             stored.pop("rule", None),
             extra,
         )
-        result = self.rule.run(self.trainer, local, self.recipe)
+        training = mechanism.client_training(
+            client_id=job.client_id,
+            round=job.round,
+            seed=job.seed,
+            state=stored.get("privacy"),
+            session=session,
+        )
+        with self.trainer.shaped(training):  # e.g. DP-SGD around every fit of the rule
+            result = self.rule.run(self.trainer, local, self.recipe)
         trained = self.attack.apply(result.trained, global_state, job.client_id, job.round)
         delay = delay_s(float(self.speed[job.client_id]), result.metrics["compute_s"])
         result.metrics["delay_s"] = delay
@@ -200,8 +210,16 @@ class ClientWorker:
             round_message=round_message,
             client_message=job.message,
             client_state=stored,
-            session=self._session(job.round, job.client_id),
+            session=session,
         )
+        privacy, figures = mechanism.client_finish(
+            client_id=job.client_id, round=job.round, state=stored.get("privacy"), session=session
+        )
+        if privacy is None:
+            state.pop("privacy", None)
+        else:
+            state["privacy"] = privacy
+        result.metrics.update(figures)
         if result.client_state is not None:
             state["rule"] = result.client_state
         return Update(

@@ -4,8 +4,9 @@ The training loop is written once, in :meth:`Trainer.fit`. Everything around it 
 factories a client rule can replace or wrap: the optimizer (:func:`adamw`), the batch iterator
 (:func:`shuffled_batches`, a torch DataLoader) and a final `wrap(model, optimizer, loader)` that
 may return wrapped versions of all three, which is exactly the shape of
-``opacus.PrivacyEngine.make_private``. The task (:mod:`fedray.tasks`) gives the loss of a batch
-and the sums of an evaluation batch.
+``opacus.PrivacyEngine.make_private``. A privacy mechanism can shape every fit of a client's job
+the same way (:meth:`Trainer.shaped`, e.g. DP-SGD), without the client rules knowing. The task
+(:mod:`fedray.tasks`) gives the loss of a batch and the sums of an evaluation batch.
 
 With the defaults, `fit` performs exactly the W1 recipe (see shared/bench/WORKLOAD.md): seed
 right before training, `torch.randperm(n)` batch order per epoch, a fresh AdamW per call, the
@@ -18,7 +19,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from fedray.core import registry
 from fedray.core.config import ClientConfig, ModelConfig
 from fedray.core.types import State
 from fedray.models import get_trainable_state, set_trainable_state
+from fedray.privacy.base import LocalTraining
 from fedray.tasks.base import Batch, Task, add_sums, num_rows
 
 _AMP = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -153,6 +155,7 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self._amp = _AMP.get(model_cfg.dtype) if cuda else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._shaping: LocalTraining | None = None
 
     @property
     def uses_loss_scaling(self) -> bool:
@@ -175,6 +178,16 @@ class Trainer:
         """The mixed-precision context of forward passes (none on CPU)."""
         return torch.autocast("cuda", dtype=self._amp) if self._amp else nullcontext()
 
+    @contextmanager
+    def shaped(self, training: LocalTraining | None) -> Iterator[None]:
+        """Within the block every :meth:`fit` is shaped by `training` (a privacy mechanism's
+        wrap of model, optimizer and batches, removed when each fit ends); None: unchanged."""
+        previous, self._shaping = self._shaping, training
+        try:
+            yield
+        finally:
+            self._shaping = previous
+
     def fit(
         self,
         data: dict[str, np.ndarray],
@@ -193,6 +206,9 @@ class Trainer:
         task loss (without `extra_loss`) averaged over batches weighted by their sizes, the
         optimizer steps, the number of samples held (`samples`, the FedAvg weight), seconds.
         """
+        shaping = self._shaping
+        if shaping is not None:
+            wrap = self._shaped_wrap(shaping, wrap, extra_loss)
         columns = self.tensors(data)
         n = num_rows(data)
         start = time.perf_counter()
@@ -203,32 +219,61 @@ class Trainer:
         optimizer.zero_grad()
         torch.manual_seed(seed)  # fixes batch order and dropout; nothing may draw before it
         loader = make_loader(columns, recipe)
-        if wrap is not None:
-            model, optimizer, loader = wrap(model, optimizer, loader)
         steps, seen, loss_sum = 0, 0, 0.0
-        for _ in range(recipe.epochs):
-            if recipe.max_steps and steps >= recipe.max_steps:
-                break
-            for batch in loader:
+        try:
+            if wrap is not None:
+                model, optimizer, loader = wrap(model, optimizer, loader)
+            for _ in range(recipe.epochs):
                 if recipe.max_steps and steps >= recipe.max_steps:
                     break
-                rows = num_rows(batch)
-                with self.autocast():
-                    task_loss = self.task.loss(model, batch)
-                    loss = task_loss if extra_loss is None else task_loss + extra_loss(model)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad()
-                steps += 1
-                seen += rows
-                loss_sum += task_loss.item() * rows
+                for batch in loader:
+                    if recipe.max_steps and steps >= recipe.max_steps:
+                        break
+                    rows = num_rows(batch)
+                    if rows == 0 and shaping is not None:  # an empty Poisson batch: noise only
+                        shaping.empty_step()
+                        steps += 1
+                        continue
+                    with self.autocast():
+                        task_loss = self.task.loss(model, batch)
+                        loss = task_loss if extra_loss is None else task_loss + extra_loss(model)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad()
+                    steps += 1
+                    seen += rows
+                    loss_sum += task_loss.item() * rows
+        finally:
+            if shaping is not None:
+                shaping.unwrap()
         return {
             "loss": loss_sum / max(seen, 1),
             "steps": float(steps),
             "samples": float(n),
             "compute_s": time.perf_counter() - start,
         }
+
+    def _shaped_wrap(
+        self, shaping: LocalTraining, wrap: Wrap | None, extra_loss: ExtraLoss | None
+    ) -> Wrap:
+        """The wrap of a shaped fit, refusing what per-sample clipping would silently break."""
+        if wrap is not None:
+            raise ValueError(
+                "the client rule wraps its training and the privacy mechanism shapes it too; "
+                "they cannot both apply: use a rule without its own wrap"
+            )
+        if shaping.per_sample_gradients and extra_loss is not None:
+            raise ValueError(
+                "per-sample gradient clipping (privacy=dp_sgd) would drop the client rule's loss "
+                "term on the parameters (e.g. FedProx's proximal term); use a rule without one"
+            )
+        if shaping.per_sample_gradients and self.uses_loss_scaling:
+            raise ValueError(
+                "per-sample gradient clipping cannot run under float16 loss scaling (gradients "
+                "would be clipped while scaled); use model.dtype=float32 or bfloat16"
+            )
+        return shaping.wrap
 
     def evaluate(self, data: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, float]:
         """The task's metrics of the current model on `data`."""

@@ -8,11 +8,15 @@ hook                    where        e.g.
 ======================  ===========  ============================================================
 ``setup``               server       calibrate the noise multiplier for a target epsilon
 ``round_message``       server       the clip norm clients use this round
+``client_training``     client       shape local training (DP-SGD: per-sample clipping, noise)
 ``before_round``        server       stop before a round that would overspend the budget;
                                      key exchange with the cohort (:class:`CohortIO`)
 ``client_message``      server       what one client needs for its job (its encrypted shares)
 ``client_transform``    client       clip the delta; mask or encrypt it (sum-only mechanisms)
 ``client_phase``        client       answer a round trip (advertise keys, share, unmask)
+``client_finish``       client       the client's privacy state to keep (its DP-SGD accountant)
+                                     and figures sent beside the update (a clip bit, epsilon)
+``observe``             server       every update that arrived, used or not (what clients spent)
 ``reduce``              server       plaintext: clip, weighted sum, Gaussian noise, fixed
                                      denominator; sum-only: unmask or decrypt the sum
 ``after_round``         server       accountant step, adaptive clip update
@@ -23,16 +27,23 @@ mechanisms (secure aggregation, homomorphic encryption) receive the clients' pay
 the server cannot read one by one, and return only their aggregate. An algorithm that needs
 individual updates cannot run behind a sum-only mechanism: the pipeline refuses the pair when
 the config is checked.
+
+A client's privacy state (``client_state["privacy"]``, e.g. a per-client accountant) is kept by
+client id like any client state, and it is kept even when the server discards the update: what
+a client released stays spent.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fedray.core.checkpoint import check_state_keys
 from fedray.core.context import RoundContext, RunContext
 from fedray.core.statemath import mean_of
 from fedray.core.types import Aggregate, Contribution, State, Update
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class CohortIO(Protocol):
@@ -50,10 +61,41 @@ class CohortIO(Protocol):
         ...
 
 
+class LocalTraining(Protocol):
+    """How a mechanism shapes one client's local training for one job (DP-SGD in the client).
+
+    The client actor installs it on the trainer for the job (``Trainer.shaped``), so every
+    ``Trainer.fit`` the client rule makes (the rules are not edited) passes its model, optimizer
+    and batch iterator through :meth:`wrap`, which has the shape of
+    ``opacus.PrivacyEngine.make_private``, and calls :meth:`unwrap` when the fit ends, also on
+    error: no hook outlives its fit, and the actor trains the next client on a clean model.
+    """
+
+    per_sample_gradients: bool
+    """True if gradients are clipped per sample: a loss term on the parameters themselves (a
+    FedProx proximal term) would not reach the update, so the trainer refuses one."""
+
+    def wrap(self, model: Any, optimizer: Any, loader: Iterable[Any]) -> tuple[Any, Any, Any]:
+        """At the start of each fit: the model, optimizer and batches to train with."""
+        ...
+
+    def empty_step(self) -> None:
+        """One optimizer step for an empty batch (Poisson sampling can draw none)."""
+        ...
+
+    def unwrap(self) -> None:
+        """At the end of each fit: remove what :meth:`wrap` attached."""
+        ...
+
+
 class Mechanism(Protocol):
     """One privacy mechanism; every hook has a no-op default."""
 
     sum_only: ClassVar[bool] = False
+    aggregates_any_cohort: ClassVar[bool] = False
+    """True if :meth:`reduce` releases an aggregate from any number of updates, none included
+    (DP-FedAvg: a fixed denominator and noise). The round protocol then does not apply
+    `mode.min_clients`: a skipped round would reveal that too few clients took part."""
 
     def setup(self, ctx: RunContext) -> None:
         """Once, before the first round."""
@@ -92,6 +134,25 @@ class Mechanism(Protocol):
     ) -> Any:
         """Client side of one round trip; `session` persists for the client's whole round."""
         raise NotImplementedError(f"{type(self).__name__} has no phase {phase!r}")
+
+    def client_training(
+        self, *, client_id: int, round: int, seed: int, state: Any, session: dict[str, Any]
+    ) -> LocalTraining | None:
+        """Client side, before local training: how to shape it (e.g. DP-SGD), given the client's
+        stored privacy state `state` (None on its first visit). None trains as usual."""
+        return None
+
+    def client_finish(
+        self, *, client_id: int, round: int, state: Any, session: dict[str, Any]
+    ) -> tuple[Any, dict[str, float]]:
+        """Client side, after the job's transforms: (the privacy state the client keeps, None
+        for none; figures sent beside the update in its metrics, e.g. an adaptive clip's bit).
+        Raising withholds the update (e.g. it would overspend the client's budget)."""
+        return state, {}
+
+    def observe(self, ctx: RoundContext, updates: list[Update]) -> None:
+        """Server side: every update that arrived this round, before the checks and whether or
+        not it is aggregated (e.g. to track what each client has spent)."""
 
     def reduce(
         self,

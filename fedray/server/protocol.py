@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,8 +175,18 @@ class RoundProtocol:
         return screen(contributions, bcast.shared, norm_ratio, bcast.extra)
 
     # -- 8. commit -------------------------------------------------------------------------
-    def commit(self, rnd: int, updates: list[Update]) -> None:
-        """Store the accepted clients' states and feed their losses to the selector."""
+    def commit(self, rnd: int, updates: list[Update], arrived: Sequence[Update] = ()) -> None:
+        """Store the accepted clients' states and feed their losses to the selector.
+
+        Of the updates that `arrived` but were not accepted, only the client's privacy state is
+        kept (its per-client accountant): what a client released stays spent.
+        """
+        accepted = {u.client_id for u in updates}
+        for u in arrived:
+            if u.client_id not in accepted and u.client_state and "privacy" in u.client_state:
+                kept = {**self.client_states.get(u.client_id, {})}
+                kept["privacy"] = u.client_state["privacy"]
+                self.client_states[u.client_id] = kept
         for u in updates:
             if u.client_state:
                 self.client_states[u.client_id] = u.client_state

@@ -2,8 +2,8 @@
 
 A selector has ``select(round, k)``, ``observe(round, losses)`` (the driver reports each round's
 local training losses, client id -> loss, after aggregation), state_dict/load_state_dict, and
-``sampling``: how a cohort is drawn (``fixed`` size or ``poisson``), which a privacy accountant
-needs to know.
+``sampling``: how a cohort is drawn (``fixed`` size, ``poisson``, or ``by_loss``), which a
+privacy accountant needs to know (:class:`fedray.core.context.RunContext`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from fedray.core.checkpoint import check_state_keys
 from fedray.core.registry import register
@@ -88,10 +90,11 @@ class PowerOfChoice:
     Per round: sample ``d`` distinct candidates with probability proportional to their data
     size (Efraimidis-Spirakis keys ``u ** (1 / n_i)`` from one ``random.Random(seed)``), then
     keep the ``k`` with the highest last reported local loss; never-seen clients rank highest,
-    ties go to the lower client id. Losses come from :meth:`observe`.
+    ties go to the lower client id. Losses come from :meth:`observe`. The cohort has a fixed
+    size but is not uniform: it depends on the clients' losses (``sampling = "by_loss"``).
     """
 
-    sampling = "fixed"
+    sampling = "by_loss"
 
     def __init__(
         self,
@@ -139,3 +142,66 @@ class PowerOfChoice:
         check_state_keys({"rng", "losses"}, state, "PowerOfChoice")
         self.rng.setstate(state["rng"])
         self.losses = {int(c): float(v) for c, v in state["losses"].items()}
+
+
+@dataclass
+class PoissonOptions:
+    """Options of `selection=poisson`: none (the rate is mode.clients_per_round / clients)."""
+
+    name: str = "poisson"
+
+
+@register("selection", "poisson", PoissonOptions)
+class PoissonSampler:
+    """Poisson sampling: every client joins round r independently with probability
+    q = k / num_clients (k = mode.clients_per_round, the expected cohort size).
+
+    This is the sampling that the privacy accountants amplify with (each client's participation
+    is an independent coin of bias q per round). Round r's coins come from a generator seeded with
+    (seed, r), so the cohort is a function of the seed and the round alone: nothing to carry in a
+    checkpoint, and a resumed run draws the same cohorts. The cohort size varies (binomial, mean
+    k); it can be empty (probability (1 - q)^num_clients <= e^-k): the round protocol then
+    applies the quorum rule (`mode.on_quorum_loss`: stop, or skip the round, counted in
+    `round_skipped`), except under a mechanism that aggregates any cohort (`privacy=dp_fedavg`
+    releases a noise-only round, since skipping it would reveal that nobody was sampled).
+    """
+
+    sampling = "poisson"
+    _STREAM = 0x504F4953  # "POIS": keeps these coins apart from other (seed, round) streams
+
+    def __init__(
+        self,
+        options: PoissonOptions,
+        *,
+        num_clients: int,
+        seed: int,
+        client_sizes: Sequence[int] | None = None,
+    ) -> None:
+        if num_clients < 1:
+            raise ValueError("selection=poisson needs at least one client")
+        self.options = options
+        self.num_clients = num_clients
+        self.seed = seed
+
+    def rate(self, k: int) -> float:
+        """q = k / num_clients, the probability that one client joins a round."""
+        if not 1 <= k <= self.num_clients:
+            raise ValueError(
+                f"selection=poisson: expected cohort {k} must be in [1, {self.num_clients}] "
+                "(the number of clients); lower mode.clients_per_round"
+            )
+        return k / self.num_clients
+
+    def select(self, round: int, k: int) -> list[int]:
+        q = self.rate(k)
+        coins = np.random.default_rng([self.seed, round, self._STREAM]).random(self.num_clients)
+        return [int(c) for c in np.flatnonzero(coins < q)]
+
+    def observe(self, round: int, losses: dict[int, float]) -> None:
+        """Ignored: Poisson sampling uses no feedback."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_state_keys(set(), state, "PoissonSampler")

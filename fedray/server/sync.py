@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fedray.core.context import RoundContext
 from fedray.core.errors import QuorumError
 from fedray.core.events import RoundEnd
@@ -20,6 +22,7 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
     io = PoolIO(p.pool, rnd, assignment)
     mechanism.before_round(ctx, io)  # e.g. key agreement; may end the run (budget)
     bcast = p.broadcast(ctx, global_state)  # 2. broadcast
+    ctx = replace(ctx, spec=bcast.spec)
     calls = collect_cohort(  # 3. client job + 4. collect
         p.pool,
         cohort,
@@ -31,6 +34,7 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
         sessions=p.pipeline.sum_only,
     )
     updates = sorted(calls.values, key=lambda u: u.client_id)
+    mechanism.observe(ctx, updates)  # what the clients released, whatever happens to it next
     failures = list(calls.failures)
     if p.pipeline.sum_only:  # 5./6. the mechanism sums what it cannot read one by one
         contributions, rejected, usable = [], [], updates
@@ -39,7 +43,8 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
         ok = {c.client_id for c in contributions}
         usable = [u for u in updates if u.client_id in ok]
     failures += rejected
-    shortfall = quorum_shortfall(rnd, len(usable), len(cohort), m.min_clients, failures)
+    quorum = 0 if mechanism.aggregates_any_cohort else m.min_clients
+    shortfall = quorum_shortfall(rnd, len(usable), len(cohort), quorum, failures)
     aggregate: Aggregate | None = None
     new_state = global_state
     if shortfall is None:
@@ -59,7 +64,7 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
     if shortfall is None and aggregate is not None:
         mechanism.after_round(ctx, aggregate)  # 6. accountant step
     accepted = [] if shortfall is not None else usable
-    p.commit(rnd, accepted)  # 8. commit
+    p.commit(rnd, accepted, arrived=updates)  # 8. commit
     metrics = update_metrics(accepted, updates)
     metrics.update(
         clients=float(len(cohort)),
