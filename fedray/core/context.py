@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedray.core.types import StateSpec
+
 SAMPLINGS = ("fixed", "poisson")
 
 
@@ -22,6 +24,7 @@ class RunContext:
     rounds: int
     seed: int
     mode: str  # sync | async
+    client_sizes: tuple[int, ...] = ()  # samples per client (by id): public, the weights' caps
 
     @property
     def sampling_rate(self) -> float:
@@ -36,3 +39,4 @@ class RoundContext:
     run: RunContext
     round: int
     cohort: tuple[int, ...]
+    spec: StateSpec | None = None  # keys and shapes of what clients send up (sync rounds)

@@ -79,6 +79,7 @@ class Driver:
             rounds=spec.mode.rounds,
             seed=spec.seed,
             mode=spec.mode.name,
+            client_sizes=tuple(int(n) for n in client_sizes),
         )
         self.pipeline.mechanism.setup(self.context)
         self.pool: ActorPool | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fedray.core.context import RoundContext
 from fedray.core.errors import QuorumError
 from fedray.core.events import RoundEnd
-from fedray.core.types import Aggregate, State
+from fedray.core.types import Aggregate, State, spec_of
 from fedray.server.collect import collect_cohort, quorum_shortfall
 from fedray.server.protocol import PoolIO, RoundProtocol, RoundTimer, update_metrics
 
@@ -15,7 +15,7 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
     p, m, mechanism = protocol, protocol.spec.mode, protocol.pipeline.mechanism
     timer = RoundTimer()
     cohort = p.plan(rnd)  # 1. plan
-    ctx = RoundContext(p.run, rnd, tuple(cohort))
+    ctx = RoundContext(p.run, rnd, tuple(cohort), spec_of(p.strategy.shared_state(global_state)))
     io = PoolIO(p.pool, rnd, cohort)
     mechanism.before_round(ctx, io)  # e.g. key agreement; may end the run (budget)
     bcast = p.broadcast(ctx, global_state)  # 2. broadcast
