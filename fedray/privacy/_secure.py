@@ -92,8 +92,8 @@ class SecureSumOptions:
         return None
 
     def dropped_after_masking(self, n: int) -> int:
-        """How many of `n` masked inputs the simulated dropout removes."""
-        return int(round(self.dropout * n))
+        """How many of `n` masked inputs the simulated dropout removes (rounded half up)."""
+        return int(self.dropout * n + 0.5)
 
 
 # -- client half (in the client's actor) -------------------------------------------------------
@@ -116,9 +116,7 @@ def client_phase(phase: str, *, client_id: int, message: Any, session: dict[str,
     raise ValueError(f"unknown secure-aggregation phase {phase!r}")
 
 
-def mask(
-    ring: np.ndarray, *, client_id: int, delivery: Any, session: dict[str, Any]
-) -> np.ndarray:
+def mask(ring: np.ndarray, *, client_id: int, delivery: Any, session: dict[str, Any]) -> np.ndarray:
     """The masked, bit-packed ring vector (the payload that travels), as a uint8 array."""
     mine = session.get(SESSION_KEY)
     if mine is None or not isinstance(delivery, SharesDelivery):
@@ -232,7 +230,10 @@ class SecureSum:
             result = server.finalize()
         except SecAggAbort as exc:
             self.transcript.flush()
-            raise ValueError(f"secure aggregation aborted the round: {exc}") from None
+            raise ValueError(
+                f"secure aggregation aborted the round: {exc}; a lower privacy.threshold "
+                "tolerates more dropouts (and fewer colluders)"
+            ) from None
         self.last_survivors = frozenset(result.survivors)
         self.transcript.record("sum", None, result)
         self.transcript.flush()

@@ -59,6 +59,4 @@ class Transcript:
 
 def load_transcripts(directory: str | Path) -> list[dict[str, Any]]:
     """Every round's transcript under `directory`, in round order."""
-    return [
-        pickle.loads(p.read_bytes()) for p in sorted(Path(directory).glob("round_*.pkl"))
-    ]
+    return [pickle.loads(p.read_bytes()) for p in sorted(Path(directory).glob("round_*.pkl"))]

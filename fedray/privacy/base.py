@@ -54,6 +54,10 @@ class Mechanism(Protocol):
     """One privacy mechanism; every hook has a no-op default."""
 
     sum_only: ClassVar[bool] = False
+    reveals_client_metrics: ClassVar[bool] = True
+    """Whether each client reports its training metrics (loss, ...) in the clear beside its
+    update. A DP mechanism turns it off: a client's loss is a function of its data that its
+    accountant does not cover. Timings and the sample count (the public weight) still travel."""
 
     def setup(self, ctx: RunContext) -> None:
         """Once, before the first round."""

@@ -95,9 +95,7 @@ class DdpOptions(SecureSumOptions):
         m = self.shares(n)
         if m > n:
             return f"min_shares={m} exceeds the {n} clients summed per round; lower it"
-        left = spec.mode.clients_per_round - self.dropped_after_masking(
-            spec.mode.clients_per_round
-        )
+        left = spec.mode.clients_per_round - self.dropped_after_masking(spec.mode.clients_per_round)
         if left < m:
             return (
                 f"dropout={self.dropout} leaves {left} noise shares but the noise is sized for "
@@ -131,6 +129,7 @@ class Ddp(Mechanism):
     """Distributed discrete-Gaussian / Skellam DP over secure aggregation."""
 
     sum_only = True
+    reveals_client_metrics = False  # a client's loss is not covered by the accountant
 
     def __init__(self, options: DdpOptions) -> None:
         self.options = options
@@ -158,7 +157,9 @@ class Ddp(Mechanism):
         o = self.options
         n = o.summands(self.run.cohort_size)
         try:
-            self.encoding = fit_encoding(o, dim=spec.size, n=n, shares=o.shares(n), rounds=self.run.rounds)
+            self.encoding = fit_encoding(
+                o, dim=spec.size, n=n, shares=o.shares(n), rounds=self.run.rounds
+            )
         except ValueError as exc:
             raise ConfigError(f"privacy: {exc}") from None
         enc = self.encoding
@@ -271,6 +272,8 @@ class Ddp(Mechanism):
             "privacy_local_noise_std": enc.local_std,
             "privacy_noise_multiplier": math.sqrt(shares) * enc.local_std / enc.l2_sensitivity,
             "privacy_granularity": enc.gamma,
+            "privacy_l2_sensitivity": enc.l2_sensitivity,
+            "privacy_padded_dim": float(enc.padded_dim),
             "privacy_ring_bits": float(enc.bits),
         }
 

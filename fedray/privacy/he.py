@@ -26,7 +26,12 @@ from fedray.core.errors import ConfigError
 from fedray.core.registry import register
 from fedray.core.types import Aggregate, Contribution, State, StateSpec, Update
 from fedray.privacy._transcript import Transcript
-from fedray.privacy._weighted import clipped_flat, cohort_weight_cap, split_weighted, weighted_vector
+from fedray.privacy._weighted import (
+    clipped_flat,
+    cohort_weight_cap,
+    split_weighted,
+    weighted_vector,
+)
 from fedray.privacy.base import CohortIO, Mechanism
 
 

@@ -116,7 +116,9 @@ class SecAgg(Mechanism):
                 f"for privacy.max_clients={self.codec.max_summands}; raise it"
             )
         self._round = SecAggRound(
-            ctx.spec, self.codec, cohort_weight_cap(ctx, self.options.max_weight),
+            ctx.spec,
+            self.codec,
+            cohort_weight_cap(ctx, self.options.max_weight),
             self.options.clip_norm,
         )
         self.secure.open(ctx, io, vector_length=ctx.spec.size + 1, bits=self.codec.bits)

@@ -48,10 +48,14 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
                 aggregate = mechanism.reduce(contributions, usable, ctx, io)  # 5. + 6.
                 new_state = p.strategy.step(global_state, aggregate)  # 7. server step
         except ValueError as exc:
-            shortfall = (
-                f"round {rnd}: algorithm={p.spec.algorithm.name} cannot aggregate "
-                f"{len(usable)} updates: {exc}; raise mode.min_clients accordingly"
-            )
+            if p.pipeline.sum_only:  # the mechanism's message says what to change
+                stage, fix = f"privacy={p.spec.privacy.name}", ""
+            else:
+                stage, fix = (
+                    f"algorithm={p.spec.algorithm.name}",
+                    "; raise mode.min_clients accordingly",
+                )
+            shortfall = f"round {rnd}: {stage} cannot aggregate {len(usable)} updates: {exc}{fix}"
     if shortfall is not None and m.on_quorum_loss == "stop":
         raise QuorumError(f"{shortfall}; or set mode.on_quorum_loss=skip")
     if shortfall is None and aggregate is not None:
