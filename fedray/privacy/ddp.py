@@ -47,7 +47,7 @@ class DdpOptions(SecureSumOptions):
     """Options of `privacy=ddp` (and the secure-sum ones: degree, threshold, dropout...)."""
 
     name: str = "ddp"
-    clip_norm: float = 0.05  # L2 bound of each client's delta (the sensitivity)
+    clip_norm: float = 0.1  # L2 bound of each client's delta (the sensitivity)
     noise: str = "discrete_gaussian"  # or skellam
     noise_multiplier: float | None = 1.0  # std of the summed noise / Delta2; null: calibrate
     target_epsilon: float | None = None  # calibrate sigma for this epsilon over mode.rounds

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from privacy.secure_helpers import LocalIO, one_round, run_context
+from secure_helpers import LocalIO, one_round, run_context
 
 from fedray.app.cli import compose
 from fedray.app.spec import build_spec

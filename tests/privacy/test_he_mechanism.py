@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import ray
-from privacy.secure_helpers import one_round, run_context
+from secure_helpers import one_round, run_context
 
 from fedray.app.cli import compose
 from fedray.app.spec import build_spec
