@@ -107,7 +107,9 @@ class HomomorphicSum(Mechanism):
     def __init__(self, options: HeOptions) -> None:
         self.options = options
         self.transcript = Transcript(options.transcript)
-        self.holder: Any = None
+        self.holder: Any = None  # the key holder's actor handle (driver side, after setup)
+        self.params: Any = None  # CkksParams
+        self.summands = 0  # the most ciphertexts a sum may hold
         self._context_ref: Any = None
         self._key_id = b""
         self._public_bytes = b""
