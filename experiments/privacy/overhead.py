@@ -29,7 +29,7 @@ from fedray.app.run import run_experiment
 from fedray.privacy.lib.bitpack import packed_size
 
 os.environ.setdefault("RAY_ADDRESS", "local")  # a fresh local Ray, even beside others' on a box
-COMMON = ["experiment=w2", "tracking=none"]
+COMMON = ["experiment=w2", "tracking=none", "data.max_test=64"]  # evaluation is not measured
 MECHANISMS = {
     "none": ["privacy=none"],
     "secagg": ["privacy=secagg"],
@@ -122,7 +122,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50])
     args, extra = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
