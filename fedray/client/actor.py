@@ -222,12 +222,15 @@ class ClientWorker:
         result.metrics.update(figures)
         if result.client_state is not None:
             state["rule"] = result.client_state
+        metrics = result.metrics
+        if not self.pipeline.mechanism.reveals_client_metrics:  # e.g. DP: the loss stays here
+            metrics = {k: metrics[k] for k in ("compute_s", "delay_s") if k in metrics}
         return Update(
             client_id=job.client_id,
             num_samples=result.num_samples,
             payload=sent,
             nbytes_up=int(sent.nbytes) + (0 if result.extra is None else nbytes(result.extra)),
-            metrics=result.metrics,
+            metrics=metrics,
             client_state=state,
             extra=result.extra,
             node=self.node,

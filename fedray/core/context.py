@@ -26,7 +26,7 @@ class RunContext:
     rounds: int
     seed: int
     mode: str  # sync | async
-    client_sizes: tuple[int, ...] = ()
+    client_sizes: tuple[int, ...] = ()  # samples per client (by id): public, the weights' caps
 
     @property
     def sampling_rate(self) -> float:
@@ -43,4 +43,4 @@ class RoundContext:
     run: RunContext
     round: int
     cohort: tuple[int, ...]
-    spec: StateSpec | None = None
+    spec: StateSpec | None = None  # keys and shapes of what clients send up (sync rounds)

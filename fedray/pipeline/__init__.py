@@ -173,3 +173,9 @@ def check_pipeline(spec: FedrayConfig) -> None:
                 f"compression={spec.compression.name} cannot run behind {privacy}, which "
                 "quantizes updates into its own field; use compression=none"
             )
+        if spec.mode.max_norm_ratio > 0:
+            raise ConfigError(
+                f"mode.max_norm_ratio={spec.mode.max_norm_ratio} screens each update's norm but "
+                f"{privacy} hides every single update; set mode.max_norm_ratio=0 (clip on the "
+                "client instead: privacy.clip_norm)"
+            )

@@ -97,6 +97,11 @@ class Mechanism(Protocol):
     (DP-FedAvg: a fixed denominator and noise). The round protocol then does not apply
     `mode.min_clients`: a skipped round would reveal that too few clients took part."""
 
+    reveals_client_metrics: ClassVar[bool] = True
+    """Whether each client reports its training metrics (loss, ...) in the clear beside its
+    update. A DP mechanism turns it off: a client's loss is a function of its data that its
+    accountant does not cover. Timings and the sample count (the public weight) still travel."""
+
     def setup(self, ctx: RunContext) -> None:
         """Once, before the first round."""
 

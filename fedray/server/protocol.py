@@ -227,6 +227,8 @@ def update_metrics(updates: list[Update], arrived: list[Update]) -> dict[str, fl
         "client_compute_s": sum(u.metrics.get("compute_s", 0.0) for u in arrived),
         "client_delay_s": sum(u.metrics.get("delay_s", 0.0) for u in arrived),
     }
+    if updates and not any("loss" in u.metrics for u in updates):
+        del out["train_loss"]  # the clients kept their losses (privacy.reveals_client_metrics)
     personal = [u.metrics for u in updates if any(k.startswith("personal_") for k in u.metrics)]
     keys = sorted(
         {k for m in personal for k in m if k.startswith("personal_")} - {"personal_train_loss"}

@@ -7,7 +7,7 @@ from dataclasses import replace
 from fedray.core.context import RoundContext
 from fedray.core.errors import QuorumError
 from fedray.core.events import RoundEnd
-from fedray.core.types import Aggregate, State
+from fedray.core.types import Aggregate, State, spec_of
 from fedray.server.collect import collect_cohort, quorum_shortfall
 from fedray.server.protocol import PoolIO, RoundProtocol, RoundTimer, update_metrics
 
@@ -17,7 +17,7 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
     p, m, mechanism = protocol, protocol.spec.mode, protocol.pipeline.mechanism
     timer = RoundTimer()
     cohort = p.plan(rnd)  # 1. plan
-    ctx = RoundContext(p.run, rnd, tuple(cohort))
+    ctx = RoundContext(p.run, rnd, tuple(cohort), spec_of(p.strategy.shared_state(global_state)))
     assignment = p.placement.assign(cohort)  # a silo's clients go to its own actors
     io = PoolIO(p.pool, rnd, assignment)
     mechanism.before_round(ctx, io)  # e.g. key agreement; may end the run (budget)
@@ -55,10 +55,14 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
                 aggregate = mechanism.reduce(contributions, usable, ctx, io)  # 5. + 6.
                 new_state = p.strategy.step(global_state, aggregate)  # 7. server step
         except ValueError as exc:
-            shortfall = (
-                f"round {rnd}: algorithm={p.spec.algorithm.name} cannot aggregate "
-                f"{len(usable)} updates: {exc}; raise mode.min_clients accordingly"
-            )
+            if p.pipeline.sum_only:  # the mechanism's message says what to change
+                stage, fix = f"privacy={p.spec.privacy.name}", ""
+            else:
+                stage, fix = (
+                    f"algorithm={p.spec.algorithm.name}",
+                    "; raise mode.min_clients accordingly",
+                )
+            shortfall = f"round {rnd}: {stage} cannot aggregate {len(usable)} updates: {exc}{fix}"
     if shortfall is not None and m.on_quorum_loss == "stop":
         raise QuorumError(f"{shortfall}; or set mode.on_quorum_loss=skip")
     if shortfall is None and aggregate is not None:
