@@ -71,7 +71,9 @@ def actor(tmp_path_factory: pytest.TempPathFactory) -> Worker:
     base = [*TINY, f"model.name_or_path={model}"]
     spec, data, encoded = prepare(compose(base))
     rule = registry.build("algorithm", spec.algorithm).client_rule()
-    worker = ClientWorker(ActorSpec(spec, len(data.corpus.label_names), rule), encoded)
+    worker = ClientWorker(
+        ActorSpec(spec, len(data.corpus.label_names), rule, spec.partition.num_clients), encoded
+    )
     return Worker(worker, base, worker.initial_state())
 
 

@@ -66,7 +66,9 @@ def round_one(tiny):
 
     spec, data, encoded = prepare(compose(small(tiny, "privacy=secagg")))
     rule = registry.build("algorithm", spec.algorithm).client_rule()
-    worker = ClientWorker(ActorSpec(spec, len(data.corpus.label_names), rule), encoded)
+    worker = ClientWorker(
+        ActorSpec(spec, len(data.corpus.label_names), rule, spec.partition.num_clients), encoded
+    )
     start = worker.initial_state()
     out = {}
     for cid in range(spec.partition.num_clients):

@@ -60,7 +60,8 @@ def test_commit_keeps_the_privacy_state_of_an_update_that_was_not_used() -> None
             self.losses = losses
 
     states = {1: {"rule": "old-1", "privacy": "spent-0"}, 2: {"rule": "old-2"}}
-    protocol = RoundProtocol(None, None, None, Selector(), None, None, None, states)  # type: ignore[arg-type]
+    placement = object()  # the commit stage never routes
+    protocol = RoundProtocol(None, None, None, Selector(), None, None, None, states, placement)  # type: ignore[arg-type]
     accepted = Update(1, 4, b"", 0, client_state={"rule": "new-1", "privacy": "spent-1"})
     rejected = Update(2, 4, b"", 0, client_state={"rule": "new-2", "privacy": "spent-2"})
     protocol.commit(1, [accepted], arrived=[accepted, rejected])
