@@ -1,7 +1,8 @@
 """Local training and evaluation of one model in plain torch (no Ray): what a client actor runs.
 
 The training loop is written once, in :meth:`Trainer.fit`. Everything around it comes from
-factories a client rule can replace or wrap: the optimizer (:func:`adamw`), the batch iterator
+factories a client rule can replace or wrap: the optimizer (:func:`default_optimizer`: AdamW or
+SGD as `client.optimizer` says), the batch iterator
 (:func:`shuffled_batches`, a torch DataLoader) and a final `wrap(model, optimizer, loader)` that
 may return wrapped versions of all three, which is exactly the shape of
 ``opacus.PrivacyEngine.make_private``. The task (:mod:`fedray.tasks`) gives the loss of a batch
@@ -54,6 +55,8 @@ class Recipe:
     lr: float
     weight_decay: float
     max_steps: int = 0
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.0  # sgd only
 
     @classmethod
     def from_config(cls, client: ClientConfig) -> Recipe:
@@ -64,12 +67,34 @@ class Recipe:
             lr=float(client.lr),
             weight_decay=float(client.weight_decay),
             max_steps=int(client.max_steps),
+            optimizer=str(client.optimizer),
+            momentum=float(client.momentum),
         )
 
 
 def adamw(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
-    """The default local optimizer: a fresh AdamW per client and round."""
+    """A fresh AdamW per client and round (the W1 recipe)."""
     return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def sgd(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """Plain SGD (optionally heavy-ball momentum): what FedProx, SCAFFOLD and FedNova analyse."""
+    return torch.optim.SGD(
+        params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {"adamw": adamw, "sgd": sgd}
+
+
+def default_optimizer(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """The default local optimizer: the one `recipe.optimizer` names, fresh per client and round."""
+    try:
+        return OPTIMIZERS[recipe.optimizer](params, recipe)
+    except KeyError:
+        raise ValueError(
+            f"client.optimizer={recipe.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}"
+        ) from None
 
 
 class Columns(Dataset):
@@ -182,7 +207,7 @@ class Trainer:
         seed: int,
         recipe: Recipe,
         extra_loss: ExtraLoss | None = None,
-        make_optimizer: OptimizerFactory = adamw,
+        make_optimizer: OptimizerFactory = default_optimizer,
         make_loader: LoaderFactory = shuffled_batches,
         wrap: Wrap | None = None,
     ) -> dict[str, float]:
