@@ -17,7 +17,7 @@ from typing import Any
 
 from fedray.client.attack import Attack
 from fedray.client.faults import FaultInjector
-from fedray.client.speed import delay_s, speed_factors
+from fedray.client.speed import Work, delay_s, speed_factors
 from fedray.core.config import FedrayConfig
 from fedray.core.statemath import nbytes, subtract
 from fedray.core.types import State, TrainJob, Update
@@ -77,6 +77,8 @@ class ClientWorker:
         self.rule = registry.build("rule", spec.rule, trainer=self.trainer, seed=run.seed)
         self.recipe = Recipe.from_config(c)
         self.speed = speed_factors(run.speed, len(data.clients), run.seed)
+        algorithm = registry.entry("algorithm", run.algorithm.name).factory
+        self.work = Work.of(run.speed, run.seed, run.algorithm.name, algorithm.keeps_partial_work)
         self.faults = FaultInjector(run.faults)
         self.attack = Attack(run.attack, len(data.clients), run.seed)
         self.sessions: dict[int, dict[str, Any]] = {}  # client id -> session, this round only
@@ -137,6 +139,8 @@ class ClientWorker:
         from fedray.client.rules import LocalJob
 
         self.faults.inject(job.round, job.client_id, job.attempt)
+        n = self.data.num_samples(job.client_id)  # simulated stragglers do less (or drop out)
+        recipe = self.work.recipe(self.recipe, job.round, job.client_id, job.cohort, n)
         global_state = self.pipeline.decode_down(payload, job.spec)
         stored = dict(job.client_state)
         local = LocalJob(
@@ -147,7 +151,7 @@ class ClientWorker:
             stored.pop("rule", None),
             extra,
         )
-        result = self.rule.run(self.trainer, local, self.recipe)
+        result = self.rule.run(self.trainer, local, recipe)
         trained = self.attack.apply(result.trained, global_state, job.client_id, job.round)
         delay = delay_s(float(self.speed[job.client_id]), result.metrics["compute_s"])
         result.metrics["delay_s"] = delay
