@@ -15,17 +15,14 @@ model's own loss.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import peft
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -33,6 +30,7 @@ from fedray.core import registry
 from fedray.core.config import ClientConfig, ModelConfig
 from fedray.core.types import State
 from fedray.models import get_trainable_state, set_trainable_state
+from fedray.models.export import export_files
 from fedray.tasks.base import Batch, Task, add_sums, num_rows
 
 _AMP = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -283,16 +281,7 @@ class Trainer:
         return sums
 
     def export_adapter(self, state: State) -> dict[str, bytes]:
-        """`state` in peft format (lora) or HF format (full) as {relative file name: bytes}."""
+        """`state` in peft format (lora), HF format (full) or as a safetensors state (other
+        architectures) as {relative file name: bytes}."""
         self.set_state(state)
-        with tempfile.TemporaryDirectory(prefix="fedray-export-") as tmp:
-            if isinstance(self.model, peft.PeftModel):  # no Hub lookup for resized embeddings
-                self.model.save_pretrained(tmp, save_embedding_layers=False)
-            else:
-                self.model.save_pretrained(tmp)
-            root = Path(tmp)
-            return {
-                str(p.relative_to(root)): p.read_bytes()
-                for p in sorted(root.rglob("*"))
-                if p.is_file()
-            }
+        return export_files(self.model)
