@@ -19,6 +19,12 @@ REQUIRED = {
     "algorithm/fedasync": ["mode=async"],
     "algorithm/fedbuff": ["mode=async"],
     "mode/async": ["algorithm=fedbuff"],
+    "algorithm/fednova": ["client.optimizer=sgd"],
+    "data/image_folder": ["data.path=images"],
+    "model/vit": ["data=digits"],
+    "model/logreg": ["data=synthetic"],
+    "model/mf": ["data=movielens"],
+    "model/ncf": ["data=movielens"],
 }
 
 
