@@ -87,7 +87,10 @@ class DataConfig:
 
     name: str = field(
         default="shakespeare",
-        metadata={"help": "Source: shakespeare | shakespeare_lm | hf (hub dataset) | files."},
+        metadata={
+            "help": "Source: shakespeare | shakespeare_lm | hf (hub dataset) | files | digits | "
+            "image_folder | synthetic | movielens."
+        },
     )
     path: str | None = field(
         default=None, metadata={"help": "HF dataset name (name=hf) or a local file/glob (files)."}
@@ -105,7 +108,11 @@ class DataConfig:
         default=None, metadata={"help": "Column naming each sample's natural owner (speaker...)."}
     )
     task: str = field(
-        default="classification", metadata={"help": "Task plugin: classification | causal_lm | ..."}
+        default="classification",
+        metadata={
+            "help": "Task plugin: classification | causal_lm | image_classification | "
+            "vector_classification | recommendation."
+        },
     )
     test_fraction: float = field(
         default=0.15, metadata={"help": "Fraction held out per class for the test set."}
