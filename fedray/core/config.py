@@ -35,7 +35,7 @@ class SyntheticConfig:
     beta: float = field(default=1.0, metadata={"help": "Spread of the devices' feature means."})
     iid: bool = field(
         default=False,
-        metadata={"help": "One shared W, b and v = B_k ones (the paper's Synthetic-IID)."},
+        metadata={"help": "One shared W, b, and v_k = B_k * ones (the paper's Synthetic-IID)."},
     )
     devices: int = field(default=30, metadata={"help": "Devices (natural clients)."})
     dim: int = field(default=60, metadata={"help": "Feature dimension."})
@@ -356,7 +356,7 @@ class SpeedConfig:
         default=0.0,
         metadata={
             "help": "Share of each round's clients that straggle (Li et al. 2020): they do a "
-            "uniformly random part of the local work, 1..E epochs (1..S steps when E = 1)."
+            "uniformly random part of the local work, 1..E-1 epochs (1..S-1 steps if E = 1)."
         },
     )
     partial_work: str = field(

@@ -7,7 +7,7 @@ but follow the same law. Per device k (``data.synthetic.devices``, 30 in the pap
     n_k = floor(lognormal(4, 2)) + 50                        (power-law size skew)
     u_k ~ N(0, alpha);  B_k ~ N(0, beta)
     W_k ~ N(u_k, 1) [dim x classes],  b_k ~ N(u_k, 1) [classes]   (iid: one shared W, b ~ N(0, 1))
-    v_k ~ N(B_k, 1) [dim]  (iid: v_k = 0)
+    v_k ~ N(B_k, 1) [dim]  (iid: v_k = B_k, every coordinate)
     x ~ N(v_k, diag(j^-1.2)), j = 1..dim;   y = argmax(x W_k + b_k)
 
 Li et al. describe alpha as model and beta as data heterogeneity. As generated, alpha cannot
@@ -43,7 +43,7 @@ def generate(
     shared_w, shared_b = rng.normal(0, 1, (dim, classes)), rng.normal(0, 1, classes)
     xs, ys, ds = [], [], []
     for k in range(devices):
-        mean_x = np.zeros(dim) if iid else rng.normal(shift[k], 1, dim)
+        mean_x = np.full(dim, shift[k]) if iid else rng.normal(shift[k], 1, dim)
         w = shared_w if iid else rng.normal(mean_w[k], 1, (dim, classes))
         b = shared_b if iid else rng.normal(mean_w[k], 1, classes)
         x = mean_x + rng.standard_normal((int(sizes[k]), dim)) * std_x
