@@ -20,6 +20,12 @@ REQUIRED = {
     "algorithm/fedbuff": ["mode=async"],
     "mode/async": ["algorithm=fedbuff"],
     "privacy/dp_fedavg": ["privacy.noise_multiplier=1.0"],  # or privacy.target_epsilon
+    "algorithm/fednova": ["client.optimizer=sgd"],
+    "data/image_folder": ["data.path=images"],
+    "model/vit": ["data=digits"],
+    "model/logreg": ["data=synthetic"],
+    "model/mf": ["data=movielens"],
+    "model/ncf": ["data=movielens"],
 }
 
 

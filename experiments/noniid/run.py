@@ -1,218 +1,482 @@
-"""Non-IID comparison: fedavg, fedprox, scaffold, fedadam under label skew and natural roles.
+"""Studies that rank the algorithms: one command per study, every cell an MLflow run.
 
-Usage (one command; see README.md in this folder):
+Usage (see README.md in this folder):
 
-    python experiments/noniid/run.py [--rounds 6] [--target 0.30] [--out DIR] [override ...]
+    python experiments/noniid/run.py STUDY [--seeds 0 1 2] [--out DIR] [--settings ...]
+        [--algorithms ...] [--report-only] [override ...]
 
-Every run uses the same seed, model, data and budget (rounds x clients per round x local steps);
-only `algorithm` and `partition` change. All runs share one Ray session. Each run is an MLflow
-run (experiment `noniid`, tracking store under --out) that also gets the summary metrics
-`final_accuracy` and `rounds_to_target`; the table goes to --out/RESULTS.md and stdout.
+STUDY is one of :data:`STUDIES`: ``synthetic`` (FedProx's Synthetic(alpha, beta) with 0/50/90%
+stragglers), ``digits`` (a ViT on scikit-learn's digits under Dirichlet 0.1 / 0.5 / IID),
+``movielens`` (rating models, one client per user, with the central baseline), ``selection``
+(power-of-choice vs uniform on Synthetic(1, 1)) and ``shakespeare`` (the LLM-scale workload of
+the earlier table). A cell is (setting, algorithm, seed); all cells of a study run in one Ray
+session, one after the other. Each is an MLflow run (experiment ``noniid-<study>``, store
+``--out``/mlflow.db) tagged with its study, setting, algorithm and seed, with the usual
+per-round metrics plus ``final_<metric>`` and ``rounds_to_target``. A cell that already has a
+FINISHED run in the store is not run again, so an interrupted study continues where it stopped.
+The report (mean and spread over seeds, rounds to target, a plot per setting) is rebuilt from the
+store: ``--out``/<study>.md and ``--out``/plots/.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import platform
+import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-ALGORITHMS = ("fedavg", "fedprox", "scaffold", "fedadam")
-PARTITIONS: dict[str, list[str]] = {
-    "dirichlet(0.1)": ["partition=dirichlet", "partition.alpha=0.1"],
-    "dirichlet(1.0)": ["partition=dirichlet", "partition.alpha=1.0"],
-    "natural (roles)": ["partition=natural"],
-}
+Overrides = list[str]
 
 
-def budget(rounds: int) -> list[str]:
-    """The shared budget, shrunk far below the main job so 12 runs fit a busy 2-core box.
+@dataclass(frozen=True)
+class Study:
+    """A table: settings x algorithms x seeds, one metric ranked, a target for rounds-to-target."""
 
-    Two local steps (not one): with a single step FedProx's and SCAFFOLD's client terms
-    cannot act (the proximal gradient is zero at the global point, and c - c_i only enters
-    from the second round).
-    """
-    return [
-        f"mode.rounds={rounds}",
-        "partition.num_clients=20",  # Dirichlet(0.1) leaves a client of 24 empty at seed 0
-        "mode.clients_per_round=3",
-        "mode.eval_every=2",  # rounds-to-target is resolved to 2 rounds
-        "data.max_test=150",  # +-4 points of accuracy; evaluation is a large share of a round
-        "data.max_length=32",
-        "client.batch_size=8",
-        "client.max_steps=2",
-        "client.round_stride=10000",  # natural yields > 1000 role clients; seeds must not collide
-        "tracking.experiment=noniid",
-        "tracking.log_model=false",
-    ]
+    title: str
+    base: Overrides
+    settings: dict[str, Overrides]
+    algorithms: dict[str, Overrides]
+    metric: str  # the MLflow key ranked (eval_accuracy, eval_rmse ...)
+    higher_is_better: bool
+    target: float
+    columns: tuple[str, ...] = ()  # further final metrics shown (personalized metrics ...)
+    window: int = 1  # the columns are the mean of their last `window` logged values
+    skip: Callable[[str, str], str | None] = lambda setting, algorithm: None  # why not run
+    notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-@dataclass
-class Row:
-    """One finished run, as the table shows it."""
+def _synthetic_settings() -> dict[str, Overrides]:
+    out = {}
+    for ab in ("1", "0.5", "0"):
+        for share in (0, 50, 90):
+            out[f"synthetic({ab},{ab}) {share}% stragglers"] = [
+                f"data.synthetic.alpha={ab}",
+                f"data.synthetic.beta={ab}",
+                f"speed.stragglers={share / 100:g}",
+            ]
+    return out
 
-    partition: str
-    algorithm: str
-    clients: int
-    final_accuracy: float
-    rounds_to_target: int | None
-    wall_s: float
-    run_id: str | None
 
-
-def rounds_to_target(history: list[dict], target: float) -> int | None:
-    """First evaluated round whose accuracy reaches `target` (None: never)."""
-    for row in history:
-        if row.get("eval_accuracy", -1.0) >= target:
-            return int(row["round"])
+def _synthetic_skip(setting: str, algorithm: str) -> str | None:
+    if algorithm == "fedprox (mu=0)" and " 0% " in setting:
+        return "equals fedavg without stragglers"
     return None
 
 
-def table(rows: list[Row], target: float) -> str:
-    """The markdown table, one line per (partition, algorithm)."""
-    lines = [
-        f"| partition | clients | algorithm | final accuracy | rounds to {target:.2f} | wall (s) |",
-        "| --- | ---: | --- | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        reached = "not reached" if r.rounds_to_target is None else str(r.rounds_to_target)
-        lines.append(
-            f"| {r.partition} | {r.clients} | {r.algorithm} | {r.final_accuracy:.4f} | "
-            f"{reached} | {r.wall_s:.0f} |"
-        )
-    return "\n".join(lines)
+ALGORITHMS_SGD: dict[str, Overrides] = {
+    "fedavg": ["algorithm=fedavg"],
+    "fedprox (mu=1)": ["algorithm=fedprox", "algorithm.mu=1"],
+    "fedprox (mu=0)": ["algorithm=fedprox", "algorithm.mu=0"],
+    "scaffold": ["algorithm=scaffold"],
+    "fedadam": ["algorithm=fedadam", "algorithm.server_lr=0.03"],
+    "fedavgm": ["algorithm=fedavgm"],
+    "ditto": ["algorithm=ditto"],
+    "fednova": ["algorithm=fednova"],
+}
+ALGORITHMS_ADAMW: dict[str, Overrides] = {
+    "fedavg": ["algorithm=fedavg"],
+    "fedprox (mu=0.01)": ["algorithm=fedprox", "algorithm.mu=0.01"],
+    "scaffold": ["algorithm=scaffold"],
+    "fedadam": ["algorithm=fedadam"],
+    "fedavgm": ["algorithm=fedavgm"],
+    "ditto": ["algorithm=ditto"],
+}
+
+STUDIES: dict[str, Study] = {
+    "synthetic": Study(
+        title="Synthetic(alpha, beta) with stragglers (FedProx's setting)",
+        base=["experiment=synthetic"],
+        settings=_synthetic_settings(),
+        algorithms=ALGORITHMS_SGD,
+        metric="eval_accuracy",
+        higher_is_better=True,
+        target=0.60,
+        skip=_synthetic_skip,
+    ),
+    "digits": Study(
+        title="ViT on scikit-learn's digits under label skew",
+        base=["experiment=digits"],
+        settings={
+            "dirichlet(0.1)": ["partition.alpha=0.1"],
+            "dirichlet(0.5)": ["partition.alpha=0.5"],
+            "iid": ["partition=iid", "partition.num_clients=20"],
+        },
+        algorithms={**ALGORITHMS_ADAMW, "fedper": ["algorithm=fedper"]},
+        metric="eval_accuracy",
+        higher_is_better=True,
+        target=0.90,
+        columns=("eval_personal_accuracy",),
+        window=5,  # a round evaluates 10 of the 20 clients: average the last 5 rounds
+        skip=lambda s, a: (
+            "personalization table only" if a == "fedper" and s != "dirichlet(0.1)" else None
+        ),
+    ),
+    "movielens": Study(
+        title="MovieLens latest-small, one client per user",
+        base=["experiment=movielens"],
+        settings={"by user": []},
+        algorithms={
+            **ALGORITHMS_ADAMW,
+            "fedper": ["algorithm=fedper", "algorithm.local_keys=[user]"],
+            "central": ["experiment=movielens_central"],
+        },
+        metric="eval_rmse",
+        higher_is_better=False,
+        target=1.0,
+        columns=(
+            "eval_hr10",
+            "eval_ndcg10",
+            "eval_personal_rmse",
+            "eval_personal_hr10",
+            "eval_personal_ndcg10",
+        ),
+    ),
+    "selection": Study(
+        title="Client selection on Synthetic(1,1): power-of-choice vs uniform",
+        base=["experiment=synthetic"],
+        settings={"synthetic(1,1)": []},
+        algorithms={
+            "uniform": ["selection=uniform"],
+            "power_of_choice (d=20)": ["selection=power_of_choice", "selection.d=20"],
+        },
+        metric="eval_accuracy",
+        higher_is_better=True,
+        target=0.60,
+    ),
+    "shakespeare": Study(
+        title="Shakespeare genre task, MiniLM + LoRA (the LLM-scale workload)",
+        base=[
+            "mode.rounds=6",
+            "partition.num_clients=20",
+            "mode.clients_per_round=3",
+            "mode.eval_every=2",
+            "data.max_test=150",
+            "data.max_length=32",
+            "client.batch_size=8",
+            "client.max_steps=2",
+            "client.round_stride=10000",
+            "tracking.log_model=false",
+        ],
+        settings={
+            "dirichlet(0.1)": ["partition=dirichlet", "partition.alpha=0.1"],
+            "dirichlet(1.0)": ["partition=dirichlet", "partition.alpha=1.0"],
+            "natural (roles)": ["partition=natural"],
+        },
+        algorithms={
+            "fedavg": ["algorithm=fedavg"],
+            "fedprox": ["algorithm=fedprox"],
+            "scaffold": ["algorithm=scaffold"],
+            "fedadam": ["algorithm=fedadam"],
+        },
+        metric="eval_accuracy",
+        higher_is_better=True,
+        target=0.30,
+    ),
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--target", type=float, default=0.30, help="accuracy for rounds-to-target")
-    parser.add_argument("--out", default="experiments/noniid/out")
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="only rebuild the table from the finished runs in the --out MLflow store",
-    )
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-    parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
-    args = parser.parse_args()
+def personal_rmse(metrics: dict[str, float]) -> float | None:
+    """sqrt of the mean over clients of their personal MSE: the RMSE over their held-out rows
+    when every client holds exactly one (leave-one-out); the mean of per-client RMSEs that
+    fedray logs as eval_personal_rmse is then a mean absolute error."""
+    loss = metrics.get("eval_personal_loss")
+    return None if loss is None else math.sqrt(loss)
 
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def cell_name(study: str, setting: str, algorithm: str, seed: int) -> str:
+    return f"{study} | {setting} | {algorithm} | seed {seed}"
+
+
+def rounds_to_target(history: list[tuple[int, float]], target: float, higher: bool) -> int | None:
+    """The first evaluated round whose metric reaches `target` (None: never)."""
+    for rnd, value in history:
+        if (value >= target) if higher else (value <= target):
+            return rnd
+    return None
+
+
+def run_study(name: str, args: argparse.Namespace) -> None:
+    """Run every cell of the study that has no FINISHED run in the store yet."""
     from mlflow.tracking import MlflowClient
 
     from fedray.app.cli import compose
     from fedray.app.cluster import ray_session
     from fedray.app.run import run_experiment
-    from fedray.data import build_federated_data
 
+    study = STUDIES[name]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{out}/mlflow.db"
-    common = [*budget(args.rounds), f"tracking.uri={uri}", *args.overrides]
-    started = dt.datetime.now(dt.UTC)
-    if args.report_only:
-        rows, started = rows_from_mlflow(uri)
-        (out / "RESULTS.md").write_text(report(rows, args, started, common))
-        print((out / "RESULTS.md").read_text())
+    tracking = [f"tracking.uri={uri}", f"tracking.experiment=noniid-{name}"]
+    done = {r.info.run_name for r in finished_runs(uri, name)}
+    cells = [  # seed by seed: a whole table per seed before the next seed starts
+        (setting, algo, seed)
+        for seed in args.seeds
+        for setting in args.settings or study.settings
+        for algo in args.algorithms or study.algorithms
+        if study.skip(setting, algo) is None and cell_name(name, setting, algo, seed) not in done
+    ]
+    print(f"{name}: {len(cells)} cells to run ({len(done)} done)", flush=True)
+    if not cells:
         return
-    rows: list[Row] = []
-    with ray_session(compose(common).cluster):
-        for part in args.partitions:
-            part_overrides = PARTITIONS[part]
-            for algo in args.algorithms:
-                cfg = compose([*common, *part_overrides, f"algorithm={algo}"])
-                name = f"{algo}-{part.split()[0]}"
-                print(f"== {name}", flush=True)
-                t0 = time.perf_counter()
-                result = run_experiment(
-                    cfg, out / "runs" / name, cwd=out, run_name=name, tags={"study": "noniid"}
-                )
-                wall = time.perf_counter() - t0
-                reached = rounds_to_target(result.history, args.target)
-                if result.run_id:
-                    client = MlflowClient(uri)
-                    client.log_metric(result.run_id, "final_accuracy", result.metric)
-                    if reached is not None:
-                        client.log_metric(result.run_id, "rounds_to_target", reached)
-                    client.set_tag(result.run_id, "target_accuracy", str(args.target))
-                clients = build_federated_data(cfg.data, cfg.partition, cfg.seed).num_clients()
-                rows.append(Row(part, algo, clients, result.metric, reached, wall, result.run_id))
-                print(table(rows[-1:], args.target).splitlines()[-1], flush=True)
-                (out / "RESULTS.md").write_text(report(rows, args, started, common))
-    text = report(rows, args, started, common)
-    (out / "RESULTS.md").write_text(text)
-    print(text)
+    client = MlflowClient(uri)
+    first = compose([*study.base, *tracking, *args.overrides])
+    with ray_session(first.cluster):
+        for setting, algo, seed in cells:
+            overrides = [
+                *study.base,
+                *study.settings[setting],
+                *study.algorithms[algo],
+                f"seed={seed}",
+                *tracking,
+                *args.overrides,
+            ]
+            run_name = cell_name(name, setting, algo, seed)
+            print(f"== {run_name}: {' '.join(overrides)}", flush=True)
+            t0 = time.perf_counter()
+            result = run_experiment(
+                compose(overrides),
+                out / "runs" / re.sub(r"[^A-Za-z0-9.=-]+", "_", run_name),
+                cwd=out,
+                run_name=run_name,
+                tags={"study": name, "setting": setting, "algorithm": algo, "seed": str(seed)},
+                out=None,
+            )
+            wall = time.perf_counter() - t0
+            history = [(r["round"], r[study.metric]) for r in result.history if study.metric in r]
+            reached = rounds_to_target(history, study.target, study.higher_is_better)
+            if result.run_id:
+                if history:
+                    client.log_metric(result.run_id, f"final_{study.metric}", history[-1][1])
+                if reached is not None:
+                    client.log_metric(result.run_id, "rounds_to_target", reached)
+                client.log_metric(result.run_id, "cell_wall_s", wall)
+                client.set_tag(result.run_id, "target", str(study.target))
+            last = history[-1][1] if history else math.nan
+            print(
+                f"   {study.metric}={last:.4f} rounds_to_target={reached} {wall:.0f} s", flush=True
+            )
 
 
-def rows_from_mlflow(uri: str) -> tuple[list[Row], dt.datetime]:
-    """Rows of the FINISHED runs of experiment `noniid` in table order, and the first start."""
+# -- reporting -------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One finished run as the report reads it."""
+
+    setting: str
+    algorithm: str
+    seed: int
+    curve: list[tuple[int, float]]
+    final: dict[str, float]
+    wall_s: float
+
+
+def finished_runs(uri: str, study: str) -> list[Any]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("noniid")
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    by_name = {r.info.run_name: r for r in runs if r.info.status == "FINISHED"}
-    rows: list[Row] = []
-    for part, overrides in PARTITIONS.items():
-        for algo in ALGORITHMS:
-            run = by_name.get(f"{algo}-{part.split()[0]}")
-            if run is None or "final_accuracy" not in run.data.metrics:
-                continue
-            m = run.data.metrics
-            reached = m.get("rounds_to_target")
-            rows.append(
-                Row(
-                    part,
-                    algo,
-                    _clients(overrides),
-                    m["final_accuracy"],
-                    None if reached is None else int(reached),
-                    (run.info.end_time - run.info.start_time) / 1000,
-                    run.info.run_id,
+    experiment = client.get_experiment_by_name(f"noniid-{study}")
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'"
+    )
+    return [r for r in runs if r.data.tags.get("study") == study]
+
+
+def read_cells(uri: str, name: str) -> list[Cell]:
+    from mlflow.tracking import MlflowClient
+
+    study = STUDIES[name]
+    client = MlflowClient(uri)
+    cells = []
+    for run in finished_runs(uri, name):
+        tags = run.data.tags
+        history = client.get_metric_history(run.info.run_id, study.metric)
+        curve = sorted((int(m.step), float(m.value)) for m in history if m.step > 0)
+        final = dict(run.data.metrics)
+        for key in (*study.columns, "eval_personal_loss"):
+            values = [
+                m.value
+                for m in sorted(
+                    client.get_metric_history(run.info.run_id, key), key=lambda m: m.step
                 )
+            ]
+            if values:
+                last = values[-study.window :]
+                final[key] = sum(last) / len(last)
+        if (rmse := personal_rmse(final)) is not None:
+            final["eval_personal_rmse"] = rmse
+        cells.append(
+            Cell(
+                tags["setting"],
+                tags["algorithm"],
+                int(tags["seed"]),
+                curve,
+                final,
+                float(final.get("cell_wall_s", 0.0)),
             )
-    starts = [r.info.start_time for r in runs] or [0]
-    return rows, dt.datetime.fromtimestamp(min(starts) / 1000, dt.UTC)
+        )
+    return cells
 
 
-def _clients(overrides: list[str]) -> int:
-    from fedray.app.cli import compose
-    from fedray.data import build_federated_data
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4f} ± {std:.4f}"
 
-    cfg = compose([*budget(1), *overrides])
-    return build_federated_data(cfg.data, cfg.partition, cfg.seed).num_clients()
 
-
-def report(
-    rows: list[Row], args: argparse.Namespace, started: dt.datetime, common: list[str]
-) -> str:
-    """RESULTS.md: command, date, machine, settings and the table."""
-    command = "python experiments/noniid/run.py " + " ".join(
-        [f"--rounds {args.rounds}", f"--target {args.target}", *args.overrides]
-    )
-    return "\n".join(
-        [
-            "# Non-IID comparison (Shakespeare genre task, 6 classes)",
-            "",
-            f"Command: `{command}`  ",
-            f"Started: {started:%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-            f"{_cpus()} CPUs, Python {platform.python_version()}, shared with other jobs.  ",
-            f"Shared settings: `{' '.join(o for o in common if not o.startswith('tracking.uri'))}`"
-            " plus the defaults in conf/ (MiniLM + LoRA on layers 3-5, seed 0, "
-            "AdamW lr 3e-3, batch and steps as listed).",
-            "",
-            table(rows, args.target),
-            "",
+def report(name: str, args: argparse.Namespace) -> str:
+    """The study's markdown: command, settings, the table and the plots (written to --out)."""
+    study = STUDIES[name]
+    out = Path(args.out).resolve()
+    uri = f"sqlite:///{out}/mlflow.db"
+    cells = read_cells(uri, name)
+    plots = plot_curves(name, cells, out / "plots")
+    metric = study.metric.removeprefix("eval_")
+    header = [
+        "setting",
+        "algorithm",
+        "seeds",
+        f"final {metric} (mean ± sd)",
+        f"rounds to {study.target:g} (mean; reached)",
+        *(
+            c.removeprefix("eval_") + (f" (last {study.window})" if study.window > 1 else "")
+            for c in study.columns
+        ),
+        "wall s / run",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    order = {a: i for i, a in enumerate(study.algorithms)}
+    settings = {s: i for i, s in enumerate(study.settings)}
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.setting, c.algorithm), []).append(c)
+    for (setting, algo), group in sorted(
+        groups.items(), key=lambda kv: (settings.get(kv[0][0], 99), order.get(kv[0][1], 99))
+    ):
+        finals = [c.curve[-1][1] for c in group if c.curve]
+        reached = [
+            r
+            for c in group
+            if (r := rounds_to_target(c.curve, study.target, study.higher_is_better)) is not None
         ]
+        rtt = (
+            f"{sum(reached) / len(reached):.0f}; {len(reached)}/{len(group)}"
+            if reached
+            else (f"-; 0/{len(group)}")
+        )
+        extra = [_mean_std([c.final[k] for c in group if k in c.final]) for k in study.columns]
+        wall = sum(c.wall_s for c in group) / len(group)
+        row = [setting, algo, str(len(group)), _mean_std(finals), rtt, *extra, f"{wall:.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    body = [
+        f"## {study.title}",
+        "",
+        f"Command: `python experiments/noniid/run.py {name} --seeds "
+        f"{' '.join(map(str, args.seeds))}{''.join(' ' + o for o in args.overrides)}`  ",
+        f"Report written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from {len(cells)} finished "
+        f"runs; machine: {platform.machine()}, Python {platform.python_version()}.  ",
+        f"Base: `{' '.join(study.base)}`; per setting: "
+        + "; ".join(f"{s}: `{' '.join(o) or '-'}`" for s, o in study.settings.items())
+        + ".  ",
+        "Algorithms: "
+        + "; ".join(f"{a}: `{' '.join(o)}`" for a, o in study.algorithms.items())
+        + ".",
+        "",
+        *lines,
+        "",
+        *(f"![{s}]({p})" for s, p in plots.items()),
+        "",
+    ]
+    text = "\n".join(body)
+    (out / f"{name}.md").write_text(text)
+    return text
+
+
+def plot_curves(name: str, cells: list[Cell], folder: Path) -> dict[str, str]:
+    """One PNG per setting: the metric against the round, mean over seeds, min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    study = STUDIES[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    for setting in study.settings:
+        mine = [c for c in cells if c.setting == setting and c.curve]
+        if not mine:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for algo in study.algorithms:
+            curves = [dict(c.curve) for c in mine if c.algorithm == algo]
+            if not curves:
+                continue
+            rounds = sorted(set.intersection(*(set(c) for c in curves)))
+            values = [[c[r] for c in curves] for r in rounds]
+            mean = [sum(v) / len(v) for v in values]
+            (line,) = ax.plot(rounds, mean, label=f"{algo} ({len(curves)})")
+            ax.fill_between(
+                rounds,
+                [min(v) for v in values],
+                [max(v) for v in values],
+                alpha=0.15,
+                color=line.get_color(),
+            )
+        ax.axhline(study.target, color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("round")
+        ax.set_ylabel(study.metric)
+        ax.set_title(f"{name}: {setting}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        slug = re.sub(r"[^A-Za-z0-9.]+", "_", f"{name}-{setting}").strip("_")
+        path = folder / f"{slug}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths[setting] = f"plots/{path.name}"
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", choices=sorted(STUDIES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="experiments/noniid/out")
+    parser.add_argument("--settings", nargs="+", default=None, help="a subset of the settings")
+    parser.add_argument("--algorithms", nargs="+", default=None, help="a subset of algorithms")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rebuild the report from the store"
     )
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+    study = STUDIES[args.study]
+    for key, chosen, known in (
+        ("--settings", args.settings, study.settings),
+        ("--algorithms", args.algorithms, study.algorithms),
+    ):
+        unknown = sorted(set(chosen or []) - set(known))
+        if unknown:
+            parser.error(f"{key}: {unknown} not in {args.study}'s {sorted(known)}")
+    if not args.report_only:
+        run_study(args.study, args)
+    print(report(args.study, args))
 
 
 if __name__ == "__main__":

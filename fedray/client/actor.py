@@ -17,7 +17,7 @@ from typing import Any
 
 from fedray.client.attack import Attack
 from fedray.client.faults import FaultInjector
-from fedray.client.speed import delay_s, speed_factors
+from fedray.client.speed import Work, delay_s, speed_factors
 from fedray.core.config import FedrayConfig
 from fedray.core.statemath import nbytes, subtract
 from fedray.core.types import State, TrainJob, Update
@@ -108,6 +108,8 @@ class ClientWorker:
         self.recipe = Recipe.from_config(c)
         self.first_client = spec.first_client
         self.speed = speed_factors(run.speed, spec.population, run.seed)
+        algorithm = registry.entry("algorithm", run.algorithm.name).factory
+        self.work = Work.of(run.speed, run.seed, run.algorithm.name, algorithm.keeps_partial_work)
         self.faults = FaultInjector(run.faults)
         self.attack = Attack(run.attack, spec.population, run.seed)
         self.node = _node_id()
@@ -175,6 +177,9 @@ class ClientWorker:
         from fedray.client.rules import LocalJob
 
         self.faults.inject(job.round, job.client_id, job.attempt)
+        # simulated stragglers do less (or drop out)
+        n = self.data.num_samples(job.client_id - self.first_client)
+        recipe = self.work.recipe(self.recipe, job.round, job.client_id, job.cohort, n)
         global_state = self.pipeline.decode_down(payload, job.spec)
         stored = dict(job.client_state)
         mechanism = self.pipeline.mechanism
@@ -195,7 +200,7 @@ class ClientWorker:
             session=session,
         )
         with self.trainer.shaped(training):  # e.g. DP-SGD around every fit of the rule
-            result = self.rule.run(self.trainer, local, self.recipe)
+            result = self.rule.run(self.trainer, local, recipe)
         trained = self.attack.apply(result.trained, global_state, job.client_id, job.round)
         delay = delay_s(float(self.speed[job.client_id]), result.metrics["compute_s"])
         result.metrics["delay_s"] = delay

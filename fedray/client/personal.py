@@ -3,7 +3,10 @@
 Both evaluate the client's personalized model on a seeded hold-out of the client's own samples
 right after local training and report the task's metrics as ``personal_<metric>``; the driver
 averages them over the round's clients (``eval_personal_accuracy``, ...). The hold-out exists only
-under these rules, so the partition, the test set and the data fingerprint do not change.
+under these rules, so the partition, the test set and the data fingerprint do not change. When
+the data declares each client's own test samples (:class:`fedray.data.base.ClientBatch`
+``own_test``, e.g. MovieLens' leave-one-out rating per user), those are the hold-out instead and
+the client trains on all of its training samples.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from fedray.client.rules import LocalJob, LocalResult, as_tensors, proximal_loss
 from fedray.client.trainer import Recipe, Trainer
 from fedray.core.registry import register
 from fedray.core.statemath import split_local
+from fedray.data.base import ClientBatch
 from fedray.models import trainable_parameters
 from fedray.tasks.base import num_rows
 
@@ -49,6 +53,9 @@ class _Holdout:
     seed: int
 
     def split(self, job: LocalJob) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        if isinstance(job.batch, ClientBatch) and job.batch.own_test is not None:
+            own = job.batch.own_test  # the data declares each client's test rows (maybe none)
+            return dict(job.batch), (own if num_rows(own) else None)
         train, held = holdout_rows(num_rows(job.batch), self.fraction, self.seed, job.client_id)
         return select_rows(job.batch, train), (select_rows(job.batch, held) if len(held) else None)
 

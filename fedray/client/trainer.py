@@ -1,7 +1,8 @@
 """Local training and evaluation of one model in plain torch (no Ray): what a client actor runs.
 
 The training loop is written once, in :meth:`Trainer.fit`. Everything around it comes from
-factories a client rule can replace or wrap: the optimizer (:func:`adamw`), the batch iterator
+factories a client rule can replace or wrap: the optimizer (:func:`default_optimizer`: AdamW or
+SGD as `client.optimizer` says), the batch iterator
 (:func:`shuffled_batches`, a torch DataLoader) and a final `wrap(model, optimizer, loader)` that
 may return wrapped versions of all three, which is exactly the shape of
 ``opacus.PrivacyEngine.make_private``. A privacy mechanism can shape every fit of a client's job
@@ -15,17 +16,14 @@ model's own loss.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import peft
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -33,6 +31,7 @@ from fedray.core import registry
 from fedray.core.config import ClientConfig, ModelConfig
 from fedray.core.types import State
 from fedray.models import get_trainable_state, set_trainable_state
+from fedray.models.export import export_files
 from fedray.privacy.base import LocalTraining
 from fedray.tasks.base import Batch, Task, add_sums, num_rows
 
@@ -56,6 +55,8 @@ class Recipe:
     lr: float
     weight_decay: float
     max_steps: int = 0
+    optimizer: str = "adamw"  # adamw | sgd
+    momentum: float = 0.0  # sgd only
 
     @classmethod
     def from_config(cls, client: ClientConfig) -> Recipe:
@@ -66,12 +67,34 @@ class Recipe:
             lr=float(client.lr),
             weight_decay=float(client.weight_decay),
             max_steps=int(client.max_steps),
+            optimizer=str(client.optimizer),
+            momentum=float(client.momentum),
         )
 
 
 def adamw(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
-    """The default local optimizer: a fresh AdamW per client and round."""
+    """A fresh AdamW per client and round (the W1 recipe)."""
     return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def sgd(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """Plain SGD (optionally heavy-ball momentum): what FedProx, SCAFFOLD and FedNova analyse."""
+    return torch.optim.SGD(
+        params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {"adamw": adamw, "sgd": sgd}
+
+
+def default_optimizer(params: list[torch.nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """The default local optimizer: the one `recipe.optimizer` names, fresh per client and round."""
+    try:
+        return OPTIMIZERS[recipe.optimizer](params, recipe)
+    except KeyError:
+        raise ValueError(
+            f"client.optimizer={recipe.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}"
+        ) from None
 
 
 class Columns(Dataset):
@@ -195,7 +218,7 @@ class Trainer:
         seed: int,
         recipe: Recipe,
         extra_loss: ExtraLoss | None = None,
-        make_optimizer: OptimizerFactory = adamw,
+        make_optimizer: OptimizerFactory = default_optimizer,
         make_loader: LoaderFactory = shuffled_batches,
         wrap: Wrap | None = None,
     ) -> dict[str, float]:
@@ -303,16 +326,7 @@ class Trainer:
         return sums
 
     def export_adapter(self, state: State) -> dict[str, bytes]:
-        """`state` in peft format (lora) or HF format (full) as {relative file name: bytes}."""
+        """`state` in peft format (lora), HF format (full) or as a safetensors state (other
+        architectures) as {relative file name: bytes}."""
         self.set_state(state)
-        with tempfile.TemporaryDirectory(prefix="fedray-export-") as tmp:
-            if isinstance(self.model, peft.PeftModel):  # no Hub lookup for resized embeddings
-                self.model.save_pretrained(tmp, save_embedding_layers=False)
-            else:
-                self.model.save_pretrained(tmp)
-            root = Path(tmp)
-            return {
-                str(p.relative_to(root)): p.read_bytes()
-                for p in sorted(root.rglob("*"))
-                if p.is_file()
-            }
+        return export_files(self.model)

@@ -15,6 +15,71 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from fedray.core import registry
+from fedray.core.errors import ConfigError
+
+
+@dataclass
+class SyntheticConfig:
+    """`data=synthetic`: Synthetic(alpha, beta) of Li et al. (2020), after Shamir et al. (2014).
+
+    Device k draws u_k ~ N(0, alpha), W_k ~ N(u_k, 1) (dim x classes), b_k ~ N(u_k, 1),
+    B_k ~ N(0, beta), v_k ~ N(B_k, 1) (dim); its samples x ~ N(v_k, diag(j^-1.2)),
+    y = argmax(x W_k + b_k). Sizes are lognormal(4, 2) + 50 (power-law skew).
+    """
+
+    alpha: float = field(
+        default=1.0,
+        metadata={"help": "Spread of the devices' model means u_k (cannot change a label)."},
+    )
+    beta: float = field(default=1.0, metadata={"help": "Spread of the devices' feature means."})
+    iid: bool = field(
+        default=False,
+        metadata={"help": "One shared W, b, and v_k = B_k * ones (the paper's Synthetic-IID)."},
+    )
+    devices: int = field(default=30, metadata={"help": "Devices (natural clients)."})
+    dim: int = field(default=60, metadata={"help": "Feature dimension."})
+    classes: int = field(default=10, metadata={"help": "Number of classes."})
+    seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the generator (fixed across run seeds, as in the paper)."},
+    )
+
+    def __post_init__(self) -> None:
+        for key, ok in (
+            ("alpha", self.alpha >= 0),
+            ("beta", self.beta >= 0),
+            ("devices", self.devices >= 1),
+            ("dim", self.dim >= 1),
+            ("classes", self.classes >= 2),
+        ):
+            if not ok:
+                value = getattr(self, key)
+                raise ConfigError(f"data.synthetic.{key}={value} is out of range; see its help")
+
+
+@dataclass
+class RatingsConfig:
+    """`data=movielens`: explicit ratings, one client per user, leave-one-out test set."""
+
+    min_item_ratings: int = field(
+        default=5,
+        metadata={
+            "help": "Drop items with fewer ratings (before the split): ml-latest-small has "
+            "9,066 items, 3,496 with >= 5 ratings."
+        },
+    )
+    user_column: str = field(default="userId", metadata={"help": "Column of user ids."})
+    item_column: str = field(default="movieId", metadata={"help": "Column of item ids."})
+    rating_column: str = field(default="rating", metadata={"help": "Column of ratings."})
+    time_column: str = field(
+        default="timestamp", metadata={"help": "Column ordering a user's ratings (latest: test)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.min_item_ratings < 1:
+            raise ConfigError(f"data.ratings.min_item_ratings={self.min_item_ratings} must be >= 1")
+
 
 @dataclass
 class DataConfig:
@@ -22,7 +87,10 @@ class DataConfig:
 
     name: str = field(
         default="shakespeare",
-        metadata={"help": "Source: shakespeare | shakespeare_lm | hf (hub dataset) | files."},
+        metadata={
+            "help": "Source: shakespeare | shakespeare_lm | hf (hub dataset) | files | digits | "
+            "image_folder | synthetic | movielens."
+        },
     )
     path: str | None = field(
         default=None, metadata={"help": "HF dataset name (name=hf) or a local file/glob (files)."}
@@ -40,7 +108,11 @@ class DataConfig:
         default=None, metadata={"help": "Column naming each sample's natural owner (speaker...)."}
     )
     task: str = field(
-        default="classification", metadata={"help": "Task plugin: classification | causal_lm | ..."}
+        default="classification",
+        metadata={
+            "help": "Task plugin: classification | causal_lm | image_classification | "
+            "vector_classification | recommendation."
+        },
     )
     test_fraction: float = field(
         default=0.15, metadata={"help": "Fraction held out per class for the test set."}
@@ -48,6 +120,15 @@ class DataConfig:
     max_test: int = field(default=600, metadata={"help": "Cap on test samples (0: no cap)."})
     min_words: int = field(default=8, metadata={"help": "Drop samples with fewer words."})
     max_length: int = field(default=64, metadata={"help": "Tokens per sample after truncation."})
+    image_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "files/hf: column holding images (file paths, encoded bytes or HF Image "
+            "values) instead of text; for data.task=image_classification."
+        },
+    )
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    ratings: RatingsConfig = field(default_factory=RatingsConfig)
 
 
 @dataclass
@@ -102,6 +183,25 @@ class ModelConfig:
     finetune: str = field(default="lora", metadata={"help": "lora | full."})
     lora: LoraConfig = field(default_factory=LoraConfig)
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16."})
+    arch: Any = field(
+        default_factory=lambda: {"name": "hf"},
+        metadata={
+            "help": "Architecture node {name: ..., options}: hf (a Hugging Face checkpoint at "
+            "name_or_path) | vit | mf | ncf | logreg; one module each in fedray/models/archs."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        arch = parse_arch(self.arch)  # a bad node is a ConfigError while the config is typed
+        check_against = getattr(arch, "check_against", None)
+        if check_against is not None and (problem := check_against(self)):
+            raise ConfigError(f"model.{problem}")
+
+    @property
+    def architecture(self) -> Any:
+        """`arch` as its registered options dataclass (kept as a plain node in the config, so
+        that Hydra can merge another architecture's options into it)."""
+        return parse_arch(self.arch)
 
 
 @dataclass
@@ -123,8 +223,13 @@ class ClientConfig:
     epochs: int = field(default=1, metadata={"help": "Local epochs per round."})
     batch_size: int = field(default=16, metadata={"help": "Local batch size."})
     max_steps: int = field(default=0, metadata={"help": "Cap on local steps (0: no cap)."})
-    lr: float = field(default=5e-4, metadata={"help": "Local AdamW learning rate."})
-    weight_decay: float = field(default=0.01, metadata={"help": "Local AdamW weight decay."})
+    lr: float = field(default=5e-4, metadata={"help": "Local learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "Local weight decay."})
+    optimizer: str = field(
+        default="adamw",
+        metadata={"help": "adamw | sgd (a fresh optimizer per client and round)."},
+    )
+    momentum: float = field(default=0.0, metadata={"help": "sgd: heavy-ball momentum."})
     eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size."})
     seed_scheme: str = field(
         default="hash",
@@ -134,6 +239,13 @@ class ClientConfig:
         },
     )
     round_stride: int = field(default=1000, metadata={"help": "linear seed scheme stride."})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            choices = ", ".join(OPTIMIZERS)
+            raise ConfigError(f"client.optimizer={self.optimizer!r} is unknown; use {choices}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"client.momentum={self.momentum} must be in [0, 1)")
 
 
 @dataclass
@@ -278,6 +390,20 @@ class SpeedConfig:
     slowdown: float = field(
         default=5.0, metadata={"help": "slow_fraction: how many times slower a slow client is."}
     )
+    stragglers: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of each round's clients that straggle (Li et al. 2020): they do a "
+            "uniformly random part of the local work, 1..E-1 epochs (1..S-1 steps if E = 1)."
+        },
+    )
+    partial_work: str = field(
+        default="auto",
+        metadata={
+            "help": "What happens to a straggler's partial update: keep | drop | auto (the "
+            "algorithm decides: fedprox and fednova keep it, the others drop it)."
+        },
+    )
 
 
 @dataclass
@@ -342,3 +468,41 @@ class FedrayConfig:
     privacy: Any = MISSING
     seed: int = field(default=0, metadata={"help": "The one seed all randomness flows from."})
     name: str = field(default="fedray", metadata={"help": "Run name prefix."})
+
+    def __post_init__(self) -> None:
+        if problem := model_task_problem(self.model, str(self.data.task)):
+            raise ConfigError(problem)
+
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def parse_arch(node: Any) -> Any:
+    """A `model.arch` node as its registered options dataclass; ConfigError naming the key."""
+    if not isinstance(node, dict) and not hasattr(node, "keys"):
+        return node  # already typed
+    try:
+        return registry.parse("arch", node)
+    except ConfigError as exc:
+        raise ConfigError(f"model.{exc}") from None
+
+
+def model_task_problem(model: ModelConfig, task: str) -> str | None:
+    """One line when `model.arch` cannot build the model `data.task` needs, else None.
+
+    A task names the kind of model it trains (`Task.model_kind`); an architecture lists the
+    kinds it builds (`kinds` of its factory). An unknown task is left to the spec's own check.
+    """
+    try:
+        kind = registry.entry("task", task).factory.model_kind
+    except ConfigError:
+        return None
+    arch = model.architecture
+    kinds = registry.entry("arch", arch.name).factory.kinds
+    if kind in kinds:
+        return None
+    fits = [n for n in registry.names("arch") if kind in registry.entry("arch", n).factory.kinds]
+    return (
+        f"model.arch={arch.name} builds models of kind {', '.join(kinds)}, but data.task={task} "
+        f"trains one of kind {kind}; pick a model whose arch builds it ({', '.join(fits)})"
+    )

@@ -1,5 +1,6 @@
 """Registries by name for every pluggable part: algorithms, selectors, codecs, privacy
-mechanisms, tasks and client update rules (data sources and partitioners: `fedray.data`).
+mechanisms, tasks, model architectures and client update rules (data sources and partitioners:
+`fedray.data`).
 
 An entry is a factory plus the dataclass of its options. Adding an option is one module that
 calls :func:`register` plus one YAML file under `conf/<group>/`; nothing else is edited.
@@ -28,7 +29,8 @@ _PROVIDERS: dict[str, str | tuple[str, ...]] = {
     "compression": "fedray.compression",
     "privacy": "fedray.privacy",
     "task": "fedray.tasks",
-    "rule": ("fedray.client.rules", "fedray.client.personal"),
+    "arch": "fedray.models.archs",
+    "rule": ("fedray.client.rules", "fedray.client.personal", "fedray.client.fednova"),
     "source": "fedray.data.sources",
     "partition": "fedray.data.partitioners",
 }

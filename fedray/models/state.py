@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 import weakref
 
 import numpy as np
-import peft
 import torch
 
 from fedray.core.errors import ModelError
@@ -18,13 +18,21 @@ _DIRECT: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.nn.Parameter
 )
 
 
-def _is_peft(model: torch.nn.Module) -> bool:
+def is_peft(model: torch.nn.Module) -> bool:
+    """Whether `model` is a peft model; peft is not imported for models that cannot be one
+    (a process that never imported peft holds no peft model)."""
+    if "peft" not in sys.modules:
+        return False
+    import peft
+
     return isinstance(model, peft.PeftModel)
 
 
 def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    if not _is_peft(model):
+    if not is_peft(model):
         return model.state_dict()
+    import peft
+
     # "auto" would re-read the base config (a Hub request per call for hub models) to detect
     # resized embeddings; fedray never resizes them, and frozen weights never travel.
     return peft.get_peft_model_state_dict(model, save_embedding_layers=False)
@@ -107,7 +115,9 @@ def set_trainable_state(model: torch.nn.Module, state: State) -> None:
                 p.copy_(tensors[k])
         return
     try:
-        if _is_peft(model):
+        if is_peft(model):
+            import peft
+
             result = peft.set_peft_model_state_dict(model, tensors)
             if result.unexpected_keys:
                 raise ModelError(f"peft did not load state keys {result.unexpected_keys[:3]}")

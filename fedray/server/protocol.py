@@ -162,6 +162,7 @@ class RoundProtocol:
             spec=bcast.spec,
             client_state=self.client_states.get(cid, {}),
             message=self.pipeline.mechanism.client_message(bcast.ctx, cid),
+            cohort=bcast.ctx.cohort,
         )
         refs = (bcast.payload_ref, bcast.extra_ref, bcast.message_ref)
         return lambda actor: actor.train.remote(job, *refs)

@@ -28,6 +28,9 @@ class Strategy(Protocol):
     requires_individual_updates: ClassVar[bool] = False
     mode: ClassVar[str] = "sync"  # sync | async: the scheduler the algorithm runs under
     sends_extra: ClassVar[bool] = False  # clients send plaintext extra state (SCAFFOLD's delta c)
+    # A straggler's partial update (speed.stragglers) is aggregated (True: FedProx, FedNova)
+    # or dropped like a late client (False: FedAvg as Li et al. 2020 run it).
+    keeps_partial_work: ClassVar[bool] = False
 
     def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
         """The next global state from the cohort's decoded updates."""

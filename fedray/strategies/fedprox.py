@@ -34,6 +34,8 @@ class FedProxOptions:
 class FedProx(Strategy):
     """Client rule: proximal term `mu`; server: FedAvg with `server_lr`."""
 
+    keeps_partial_work = True  # Li et al. 2020: FedProx aggregates stragglers' partial work
+
     def __init__(self, options: FedProxOptions) -> None:
         self.options = options
         self.server = FedAvg(FedAvgOptions(server_lr=options.server_lr))

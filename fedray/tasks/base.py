@@ -44,13 +44,14 @@ class Task(Protocol):
     objective: ClassVar[Objective]
     display: ClassVar[tuple[str, ...]]  # eval metrics shown in the round table, in order
     needs_labels: ClassVar[bool]  # whether samples carry class labels (label-skew partitions)
+    model_kind: ClassVar[str]  # the model it trains; `model.arch` must build it (fedray.models)
 
     def encode(self, data: FederatedData, model: ModelConfig, max_length: int) -> EncodedData:
         """Arrays of every sample a client or the test set uses (runs once, off the driver)."""
         ...
 
     def build_model(self, model: ModelConfig, num_labels: int | None, seed: int) -> Any:
-        """The model to fine-tune (a torch module, peft-wrapped for LoRA)."""
+        """The model to train (a torch module, peft-wrapped for LoRA)."""
         ...
 
     def loss(self, model: Any, batch: Batch) -> torch.Tensor:
@@ -95,3 +96,12 @@ def shard_rows(n: int, batch_size: int, shard: int, shards: int) -> tuple[int, i
 def num_rows(columns: dict[str, np.ndarray]) -> int:
     """Samples in a dict of column arrays (all share their first dimension)."""
     return len(next(iter(columns.values())))
+
+
+def client_rows(data: FederatedData) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(corpus indices some client uses, ascending; each client's rows of that array, in the
+    client's training order): what an encoder turns into the `train` columns."""
+    used = np.unique(np.concatenate([c for c in data.clients if len(c)] or [np.empty(0, int)]))
+    row_of = np.full(len(data.corpus), -1, dtype=np.int64)
+    row_of[used] = np.arange(len(used))
+    return used, [row_of[c] for c in data.clients]

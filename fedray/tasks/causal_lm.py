@@ -34,6 +34,7 @@ class CausalLM:
 
     objective = Objective("perplexity", "minimize")
     display = ("perplexity", "accuracy")
+    model_kind = "causal_lm"
     needs_labels = False
 
     def __init__(self, options: CausalLMOptions | None = None) -> None:

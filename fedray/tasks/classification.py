@@ -29,6 +29,7 @@ class Classification:
 
     objective = Objective("accuracy", "maximize")
     display = ("accuracy", "loss")
+    model_kind = "classification"
     needs_labels = True
 
     def __init__(self, options: ClassificationOptions | None = None) -> None:

@@ -6,6 +6,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,14 @@ class Table:
         get: Column name -> its values, one per row.
         where: How the user named it in the config, for messages (``data.path='a.csv'``).
         label_names: Class names the table declares (an HF ``ClassLabel``), if any.
+        root: The folder relative image paths in the table resolve against (files), if any.
     """
 
     columns: list[str]
     get: Callable[[str], Sequence[Any]]
     where: str
     label_names: list[str] | None = None
+    root: Path | None = None
 
 
 def _missing(value: Any) -> bool:
@@ -70,14 +73,37 @@ def encode_labels(
     return labels, list(names)
 
 
+def _image(value: Any, root: Path | None) -> Any:
+    """An image value as the task reads it; a relative file path resolves against `root`."""
+    if isinstance(value, str) and root is not None and not Path(value).is_absolute():
+        return str(root / value)
+    return value
+
+
 def _rows(table: Table, cfg: Any, labeled: bool) -> dict[str, list[Any]]:
     empty = DataError(f"{table.where} has no rows; point it at a non-empty dataset")
     if not table.columns:
         raise empty
+    if cfg.image_column is not None:  # images instead of text: no word filter
+        images = _column(table, "image_column", cfg.image_column)
+        if not images:
+            raise empty
+        bad = sum(_missing(v) for v in images)
+        if bad:
+            raise DataError(
+                f"data.image_column={cfg.image_column!r} has {bad} missing values in "
+                f"{table.where}; fill or drop those rows"
+            )
+        rows: dict[str, list[Any]] = {"images": [_image(v, table.root) for v in images]}
+        if labeled:
+            rows["labels"] = _column(table, "label_column", cfg.label_column)
+        if cfg.id_column is not None:
+            rows["groups"] = [str(g) for g in _column(table, "id_column", cfg.id_column)]
+        return rows
     texts = _column(table, "text_column", cfg.text_column)
     if not texts:
         raise empty
-    rows: dict[str, list[Any]] = {"texts": ["" if _missing(t) else str(t) for t in texts]}
+    rows = {"texts": ["" if _missing(t) else str(t) for t in texts]}
     if labeled:
         rows["labels"] = _column(table, "label_column", cfg.label_column)
     if cfg.id_column is not None:
@@ -99,6 +125,10 @@ def to_corpus(
 ) -> tuple[Corpus, np.ndarray, np.ndarray]:
     """Map columns, filter by ``min_words``, and split (``test`` given: its rows are the test set).
 
+    With ``data.image_column`` the inputs are the images in that column (``features["image"]``:
+    file paths, resolved against the table's folder when relative, bytes or HF images) and
+    no text is read.
+
     Without ``test``, the test set is held out per label (classification) or over all rows
     (causal_lm) as :func:`fedray.data.split.holdout` does. A given test table is subsampled
     to ``max_test`` rows (seeded, kept in file order).
@@ -119,8 +149,12 @@ def to_corpus(
     labels, names = None, None
     if labeled:
         labels, names = encode_labels(merged["labels"], train.label_names, str(cfg.label_column))
-    corpus = Corpus(merged["texts"], labels, merged.get("groups"), names, task)
-    n_train = len(parts[0]["texts"])
+    features: dict[str, Any] = {}
+    if "images" in merged:
+        features["image"] = np.empty(len(merged["images"]), dtype=object)
+        features["image"][:] = merged["images"]
+    corpus = Corpus(merged.get("texts", []), labels, merged.get("groups"), names, task, features)
+    n_train = len(parts[0].get("texts", parts[0].get("images", [])))
     if test is not None:
         return (
             corpus,

@@ -42,8 +42,9 @@ def _read_one(path: Path, key: str) -> Any:
         raise DataError(f"{key}: cannot read {path} as {suffix[1:]}: {_first_line(exc)}") from None
 
 
-def read_files(pattern: str, key: str) -> Table:
-    """Read a file or glob of csv/json/jsonl/parquet files (concatenated in sorted order)."""
+def read_frame(pattern: str, key: str) -> tuple[Any, Path]:
+    """(one pandas DataFrame of a file or glob of csv/json/jsonl/parquet files, concatenated in
+    sorted order; the folder of the first file, against which relative paths in it resolve)."""
     import pandas as pd
 
     where = f"{key}={pattern!r}"
@@ -60,7 +61,14 @@ def read_files(pattern: str, key: str) -> Table:
             raise DataError(f"{where}: {path.name} is not one of {', '.join(SUFFIXES)}")
     frames = [_read_one(p, key) for p in paths]
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return Table([str(c) for c in frame.columns], lambda c: frame[c].tolist(), where)
+    return frame, paths[0].resolve().parent
+
+
+def read_files(pattern: str, key: str) -> Table:
+    """Read a file or glob of csv/json/jsonl/parquet files (concatenated in sorted order)."""
+    frame, root = read_frame(pattern, key)
+    where = f"{key}={pattern!r}"
+    return Table([str(c) for c in frame.columns], lambda c: frame[c].tolist(), where, root=root)
 
 
 @register_source("files")
