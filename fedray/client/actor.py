@@ -13,7 +13,9 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from fedray.client.attack import Attack
 from fedray.client.faults import FaultInjector
@@ -22,8 +24,12 @@ from fedray.core.config import FedrayConfig
 from fedray.core.statemath import nbytes, subtract
 from fedray.core.types import State, TrainJob, Update
 from fedray.data.base import EncodedData
+from fedray.models import groups
 from fedray.pipeline import Pipeline
 from fedray.tasks.base import shard_rows
+
+if TYPE_CHECKING:
+    from fedray.models.shared import BaseTensors
 
 
 def pick_device(requested: str, num_gpus: float) -> str:
@@ -42,6 +48,12 @@ def pick_device(requested: str, num_gpus: float) -> str:
     return "cpu"
 
 
+def _get(ref: Any) -> Any:
+    import ray
+
+    return ray.get(ref)
+
+
 @dataclass(frozen=True)
 class ActorSpec:
     """What a client actor needs, already typed: the run spec, the data's label count and
@@ -50,6 +62,7 @@ class ActorSpec:
     run: FedrayConfig
     num_labels: int | None
     rule: dict[str, Any]
+    base: list[Any] | None = None  # [ObjectRef of {architecture: BaseTensors}] (shared base)
 
 
 class ClientWorker:
@@ -63,14 +76,19 @@ class ClientWorker:
         c = run.client
         threads = c.torch_threads or max(1, math.ceil(c.num_cpus))
         task = registry.build("task", {"name": run.data.task})
-        self.trainer = Trainer(
-            run.model,
-            task,
-            spec.num_labels,
-            seed=run.seed,
-            device=pick_device(c.device, c.num_gpus),
-            threads=threads,
-        )
+        bases = _get(spec.base[0]) if spec.base else {}  # zero-copy views of the shared base
+        self.shared_base = bool(spec.base)
+        device = pick_device(c.device, c.num_gpus)
+        # One model per architecture (one unless model.groups differ in num_layers).
+        self.trainers = {
+            arch: Trainer(cfg, task, spec.num_labels, run.seed, device, threads, bases.get(arch))
+            for arch, cfg in groups.architectures(run.model).items()
+        }
+        self.trainer = next(iter(self.trainers.values()))  # the global model's architecture
+        resolved = groups.resolve(run.model)
+        self.arch_of = [
+            resolved[g].arch for g in groups.assign(resolved, len(data.clients), run.seed)
+        ]
         self.eval_batch_size = c.eval_batch_size
         self.pipeline = Pipeline.from_spec(run)
         self.data = data
@@ -94,11 +112,47 @@ class ClientWorker:
                 str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
             ],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "base": "shared" if self.shared_base else "own",
         }
 
     def initial_state(self) -> State:
-        """The trainable state right after loading (the round-0 global state)."""
-        return self.trainer.get_state()
+        """The trainable state right after loading (the round-0 global state): with several
+        architectures, every architecture's state under its key prefix."""
+        if len(self.trainers) == 1:
+            return self.trainer.get_state()
+        return {f"{a}/{k}": v for a, t in self.trainers.items() for k, v in t.get_state().items()}
+
+    def export_base(self) -> dict[str, BaseTensors]:
+        """Each architecture's frozen base (to put in the object store once) and private part;
+        frozen arrays equal across architectures are one array (stored once)."""
+        out: dict[str, BaseTensors] = {}
+        seen: dict[str, np.ndarray] = {}
+        for arch, trainer in self.trainers.items():
+            base = trainer.export_base()
+            for name, array in base.frozen.items():
+                same = seen.get(name)
+                if same is not None and same.dtype == array.dtype and np.array_equal(same, array):
+                    base.frozen[name] = same
+                else:
+                    seen.setdefault(name, array)
+            out[arch] = base
+        return out
+
+    def adopt_base(self, ref: list[Any]) -> int:
+        """Swap this actor's own frozen tensors for the shared ones it exported; returns the
+        shared bytes."""
+        bases = _get(ref[0])
+        for arch, trainer in self.trainers.items():
+            trainer.adopt_base(bases[arch])
+        self.shared_base = True
+        return sum({id(a): a.nbytes for b in bases.values() for a in b.frozen.values()}.values())
+
+    def _arch_state(self, state: State, arch: str) -> State:
+        """The part of a (union) state that architecture `arch` holds, unprefixed."""
+        if len(self.trainers) == 1:
+            return state
+        prefix = f"{arch}/"
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
     def _session(self, round: int, client_id: int) -> dict[str, Any]:
         if round != self.session_round:  # a new round: the last one's sessions are over
@@ -139,15 +193,21 @@ class ClientWorker:
         self.faults.inject(job.round, job.client_id, job.attempt)
         global_state = self.pipeline.decode_down(payload, job.spec)
         stored = dict(job.client_state)
+        arch = self.arch_of[job.client_id]
         local = LocalJob(
             job.client_id,
             job.seed,
             self.data.client_batch(job.client_id),
-            global_state,
+            self._arch_state(global_state, arch),
             stored.pop("rule", None),
             extra,
         )
-        result = self.rule.run(self.trainer, local, self.recipe)
+        result = self.rule.run(self.trainers[arch], local, self.recipe)
+        if len(self.trainers) > 1:  # other architectures' keys come back unchanged (delta 0)
+            result.trained = {
+                **global_state,
+                **{f"{arch}/{k}": v for k, v in result.trained.items()},
+            }
         trained = self.attack.apply(result.trained, global_state, job.client_id, job.round)
         delay = delay_s(float(self.speed[job.client_id]), result.metrics["compute_s"])
         result.metrics["delay_s"] = delay
@@ -182,9 +242,14 @@ class ClientWorker:
         start, stop = shard_rows(n, self.eval_batch_size, shard, shards)
         if start == stop:  # more actors than test batches
             return []
-        self.trainer.set_state(global_state)
+        self.trainer.set_state(self._arch_state(global_state, self.primary))
         return self.trainer.eval_sums(self.data.test, self.eval_batch_size, start, stop)
 
     def export(self, global_state: State) -> dict[str, bytes]:
         """The global model as files (peft adapter or full HF model), to ship to the driver."""
-        return self.trainer.export_adapter(global_state)
+        return self.trainer.export_adapter(self._arch_state(global_state, self.primary))
+
+    @property
+    def primary(self) -> str:
+        """The architecture of the global model (the first group's)."""
+        return next(iter(self.trainers))

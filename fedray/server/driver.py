@@ -8,22 +8,24 @@ looks for them, on a cluster too.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedray.core import registry
 from fedray.core.checkpoint import DriverState, load_checkpoint, save_checkpoint
 from fedray.core.config import FedrayConfig
 from fedray.core.context import RunContext
-from fedray.core.errors import BudgetExhausted
+from fedray.core.errors import BudgetExhausted, FedrayError
 from fedray.core.events import Done, Evaluated, Event, Ready
 from fedray.pipeline import Pipeline
 from fedray.server.asynchronous import run_async
-from fedray.server.pool import ActorPool
+from fedray.server.pool import ActorPool, error_line
 from fedray.server.protocol import RoundProtocol
 from fedray.server.sync import run_round
 
@@ -43,6 +45,14 @@ def actor_count(spec: FedrayConfig) -> int:
     if c.num_gpus > 0:
         fit = min(fit, int(gpus // c.num_gpus + 1e-9))
     return max(1, min(fit, spec.mode.clients_per_round))
+
+
+def shares_base(spec: FedrayConfig) -> bool:
+    """Whether the actors map one shared frozen base (`model.shared_base`, an unquantized
+    LoRA model; full fine-tuning has no frozen base, bitsandbytes' quantized weights are
+    loaded by each actor onto its GPU)."""
+    m = spec.model
+    return m.shared_base and m.finetune == "lora" and m.quantize == "none"
 
 
 class Driver:
@@ -84,17 +94,34 @@ class Driver:
         self.pool: ActorPool | None = None
 
     def _start_pool(self) -> list[dict[str, Any]]:
+        """Start the client actors. With a shared base, the first loads the checkpoint and
+        exports the frozen base into the object store (the driver owns that object, so it
+        outlives the actor); every other actor, replacements included, builds its model around
+        zero-copy views of it, and the first swaps its own copy for them."""
         from fedray.client.actor import ActorSpec, ClientWorker
 
         c = self.spec.client
         remote_cls = ray.remote(ClientWorker).options(num_cpus=c.num_cpus, num_gpus=c.num_gpus)
         actor_spec = ActorSpec(self.spec, self.num_labels, self.strategy.client_rule())
+        first: list[Any] = []
+        if shares_base(self.spec):
+            loader = remote_cls.remote(actor_spec, self.data_ref)
+            base_ref = loader.export_base.remote()
+            self._adopted = loader.adopt_base.remote([base_ref])
+            actor_spec = dataclasses.replace(actor_spec, base=[base_ref])
+            first.append(loader)
 
         def make() -> Any:
-            return remote_cls.remote(actor_spec, self.data_ref)
+            return first.pop() if first else remote_cls.remote(actor_spec, self.data_ref)
 
         self.pool = ActorPool(make, actor_count(self.spec))
-        return self.pool.wait_ready()
+        info = self.pool.wait_ready()
+        if shares_base(self.spec):
+            try:
+                ray.get(self._adopted)
+            except RayTaskError as exc:
+                raise FedrayError(f"shared base: {error_line(exc)}") from None
+        return info
 
     def _start(self, resume: bool) -> tuple[DriverState, Ready]:
         """Start the actors, then resume or create the state."""

@@ -28,6 +28,7 @@ class Strategy(Protocol):
     requires_individual_updates: ClassVar[bool] = False
     mode: ClassVar[str] = "sync"  # sync | async: the scheduler the algorithm runs under
     sends_extra: ClassVar[bool] = False  # clients send plaintext extra state (SCAFFOLD's delta c)
+    reads_groups: ClassVar[bool] = False  # aggregates clients by `model.groups` (rank, arch)
 
     def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
         """The next global state from the cohort's decoded updates."""
