@@ -102,16 +102,23 @@ def _slots(model: torch.nn.Module, kind: str) -> Iterator[tuple[torch.nn.Module,
 def export_base(model: torch.nn.Module, key: str) -> BaseTensors:
     """Split a loaded model into its frozen parameters and the private rest (numpy arrays).
 
+    Private: trainable parameters and every tensor of the trainable state (even one a client
+    rule froze, like FFA-LoRA's A: the state is written into each round), and all buffers.
+
     The arrays are views of the model's own tensors where possible: put them in the object
     store (which copies them) before the model changes.
     """
+    from fedray.models.state import state_storages
+
+    in_state = state_storages(model)  # written by set_trainable_state: never shared
     frozen: dict[str, np.ndarray] = {}
     private: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
     for name, p in model.named_parameters():
         if p.device.type == "meta":
             raise ModelError(f"cannot export {name}: it is on the meta device (not loaded)")
-        (private if p.requires_grad else frozen)[name] = _to_numpy(p)
+        mine = p.requires_grad or p.data_ptr() in in_state
+        (private if mine else frozen)[name] = _to_numpy(p)
         dtypes[name] = str(p.dtype).removeprefix("torch.")
     buffers = []
     for name, b in model.named_buffers():

@@ -23,6 +23,7 @@ from fedray.core.config import FedrayConfig
 from fedray.core.context import RunContext
 from fedray.core.errors import BudgetExhausted, FedrayError
 from fedray.core.events import Done, Evaluated, Event, Ready
+from fedray.core.types import State
 from fedray.pipeline import Pipeline
 from fedray.server.asynchronous import run_async
 from fedray.server.pool import ActorPool, error_line
@@ -92,6 +93,7 @@ class Driver:
         )
         self.pipeline.mechanism.setup(self.context)
         self.pool: ActorPool | None = None
+        self.strategy.bind(spec, PoolCompute(self))
 
     def _start_pool(self) -> list[dict[str, Any]]:
         """Start the client actors. With a shared base, the first loads the checkpoint and
@@ -159,12 +161,14 @@ class Driver:
                         state.round, state.global_state = end.round, loop.global_state
                         state.loop = loop.state_dict()
                         self._maybe_checkpoint(state)
+                        end.metrics.update(self.strategy.metrics())
                         yield end
                 else:
                     for rnd in range(state.round + 1, self.spec.mode.rounds + 1):
                         state.global_state, end = run_round(protocol, rnd, state.global_state)
                         state.round = rnd
                         self._maybe_checkpoint(state)
+                        end.metrics.update(self.strategy.metrics())
                         yield end
             except BudgetExhausted as exc:  # a clean end before an unaffordable round
                 stop = str(exc)
@@ -194,6 +198,31 @@ class Driver:
         self.selector.load_state_dict(state.selector)
         self.pipeline.load_state_dict(state.pipeline)
         return state
+
+
+class PoolCompute:
+    """:class:`~fedray.strategies.base.ServerCompute` on the driver's actor pool: a strategy's
+    model computations run on whichever client actor is free, their states put in the object
+    store once."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    def distill(
+        self, student: State, teachers: list[tuple[str, State]], options: Any, seed: list[int]
+    ) -> tuple[State, dict[str, float]]:
+        pool = self.driver.pool
+        if pool is None:
+            raise FedrayError("distillation needs the client actors; they are not started")
+        refs = (ray.put(student), ray.put(teachers))
+
+        def call(actor: Any) -> ray.ObjectRef:
+            return actor.distill.remote(*refs, options, seed)
+
+        [outcome] = pool.run_all([("distill", call, None)])
+        if outcome.error is not None:
+            raise FedrayError(f"server-side distillation failed: {outcome.error}")
+        return outcome.value
 
 
 def start(

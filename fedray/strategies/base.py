@@ -7,11 +7,26 @@ server logic: no Ray, no I/O; stateful strategies save and load their state.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fedray.core.checkpoint import check_state_keys
 from fedray.core.statemath import mean_of
 from fedray.core.types import Aggregate, Contribution, State
+
+if TYPE_CHECKING:
+    from fedray.core.config import FedrayConfig
+
+
+class ServerCompute(Protocol):
+    """Model computations a strategy hands to the coordinator (which runs them on a client
+    actor: the server's accelerator in a deployment), e.g. FedDF's ensemble distillation."""
+
+    def distill(
+        self, student: State, teachers: list[tuple[str, State]], options: Any, seed: list[int]
+    ) -> tuple[State, dict[str, float]]:
+        """The student (the global state) after distillation towards the ensemble of
+        `teachers` ((architecture, state) pairs), and figures of the work (FedDF)."""
+        ...
 
 
 class Strategy(Protocol):
@@ -40,6 +55,14 @@ class Strategy(Protocol):
 
     def setup(self, *, num_clients: int) -> None:
         """Learn the population size before the first round (SCAFFOLD's N)."""
+
+    def bind(self, spec: FedrayConfig, compute: ServerCompute) -> None:
+        """Learn the run (client groups, seed) and how to run model computations; called once
+        after :meth:`setup`, before :meth:`client_rule`."""
+
+    def metrics(self) -> dict[str, float]:
+        """Figures of the last aggregation (logged with the round's metrics)."""
+        return {}
 
     def shared_state(self, global_state: State) -> State:
         """What is sent down and what updates must match (FedPer keeps its head back)."""
@@ -79,4 +102,4 @@ class AsyncStrategy(Strategy, Protocol):
         ...
 
 
-__all__ = ["AsyncStrategy", "Strategy", "check_state_keys"]
+__all__ = ["AsyncStrategy", "ServerCompute", "Strategy", "check_state_keys"]
