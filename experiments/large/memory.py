@@ -6,8 +6,8 @@ actor process: Python, torch, the Ray worker), in float32 and bfloat16, with
 `model.shared_base` true and false, with 1, 2 and 4 client actors: each configuration is a real
 fedray run in its own process tree with its own local Ray: in round 1 every actor trains one
 client one step; round 2 holds every actor in a 20 s delay before training, during which the
-PSS of every process of the tree is summed (from /proc/PID/smaps_rollup; PSS splits each shared page among the processes mapping
-it, so the sum counts every page once).
+PSS of every process of the tree is summed (from /proc/PID/smaps_rollup; PSS splits each
+shared page among the processes mapping it, so the sum counts every page once).
 
 Per configuration the cost of an extra actor is (PSS(4 actors) - PSS(1 actor)) / 3; the tiny
 model's gives the process cost, and (big - tiny) / base size is the share of the base each
@@ -38,7 +38,7 @@ from bench import _tree, _tree_memory  # noqa: E402  (the benchmark's PSS sample
 def tree_pss_mb() -> tuple[float, dict[str, float]]:
     """Summed PSS of this process and all its descendants, and PSS by process label."""
     _, pss, by_name = _tree_memory(_tree(psutil.Process()))
-    by_name = {("runner" if "\"" in k else k): v for k, v in by_name.items()}
+    by_name = {("runner" if '"' in k else k): v for k, v in by_name.items()}
     return pss, by_name
 
 
@@ -123,7 +123,7 @@ def table(results: list[dict], sizes: dict[str, dict[str, float]]) -> str:
         "|---|---|---|" + "---:|" * (len(counts) + 3),
     ]
     lo, hi = counts[0], counts[-1]
-    for (size, dtype, shared) in sorted({(r["size"], r["dtype"], r["shared"]) for r in results}):
+    for size, dtype, shared in sorted({(r["size"], r["dtype"], r["shared"]) for r in results}):
         if size == "tiny":
             continue
         pss = [key.get((size, dtype, shared, n)) for n in counts]
@@ -174,7 +174,7 @@ def main() -> None:
         from safetensors import safe_open
 
         with safe_open(str(path / "model.safetensors"), "np") as f:
-            n = sum(_numel(f, k) for k in f.keys())
+            n = sum(_numel(f, k) for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
         sizes[size] = {"float32": 4 * n / 1e6, "bfloat16": 2 * n / 1e6, "float16": 2 * n / 1e6}
     results = []
     args.out.mkdir(parents=True, exist_ok=True)

@@ -152,7 +152,11 @@ def _finish(model: torch.nn.Module, cfg: ModelConfig, task_type: peft.TaskType) 
             model, use_gradient_checkpointing=cfg.gradient_checkpointing
         )
     elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        with warnings.catch_warnings():  # renamed activation_checkpointing_enable in v5
+            warnings.filterwarnings("ignore", ".*gradient_checkpointing_enable.*", FutureWarning)
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     if cfg.finetune == "full":
         for p in model.parameters():
             p.requires_grad_(True)

@@ -47,7 +47,8 @@ class BaseTensors:
     Attributes:
         key: What the base was built from (model config, head, labels, seed); a model built
             from it must have the same key.
-        frozen: Parameter name -> array of the frozen parameters (shared, read-only).
+        frozen: Parameter name -> array of the frozen parameters (shared, read-only), or a
+            torch tensor already in place (a CUDA tensor shared by IPC, see :func:`on_device`).
         private: Name -> array of the trainable parameters and of all buffers (copied).
         dtypes: Name -> torch dtype name of every array (bfloat16 arrays hold uint16 bits).
         buffers: Names in `private` that are buffers, not parameters.
@@ -82,7 +83,9 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.contiguous().numpy()
 
 
-def _to_torch(a: np.ndarray, dtype: str, copy: bool) -> torch.Tensor:
+def _to_torch(a: np.ndarray | torch.Tensor, dtype: str, copy: bool) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):  # e.g. opened from CUDA IPC handles: used as it is
+        return a.clone() if copy else a
     with warnings.catch_warnings():  # shared arrays are read-only; the frozen tensors are read
         warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
         t = torch.from_numpy(np.array(a) if copy else np.asarray(a))
@@ -184,10 +187,22 @@ def is_shared(t: torch.Tensor, base: BaseTensors) -> bool:
     """Whether tensor `t` lies in one of the base's frozen arrays (for tests and reports)."""
     start = t.untyped_storage().data_ptr()
     for a in base.frozen.values():
-        lo = a.__array_interface__["data"][0]
-        if lo <= start < lo + a.nbytes:
+        if isinstance(a, torch.Tensor):
+            lo, size = a.untyped_storage().data_ptr(), a.untyped_storage().nbytes()
+        else:
+            lo, size = a.__array_interface__["data"][0], a.nbytes
+        if lo <= start < lo + size:
             return True
     return False
+
+
+def on_device(base: BaseTensors, device: str | torch.device) -> BaseTensors:
+    """The base with its frozen arrays as tensors on `device` (one copy, made here): the
+    owner of a device's copy, whose tensors other processes on that device open by IPC."""
+    frozen = {
+        k: _to_torch(a, base.dtypes[k], copy=False).to(device) for k, a in base.frozen.items()
+    }
+    return BaseTensors(base.key, frozen, base.private, base.dtypes, base.buffers)  # type: ignore[arg-type]
 
 
 # -- handing a base to load_model ------------------------------------------------------------
