@@ -134,10 +134,10 @@ def _row(name: str, s: dict, cols: list[str]) -> str:
 
 HEADERS = {
     "acc": "final accuracy",
-    "evals": "accuracy at rounds 6/12/18/24",
+    "evals": "accuracy at each evaluation",
     "up": "MB up / round",
     "down": "MB down / round",
-    "total": "MB total (24 rounds)",
+    "total": "MB total (all rounds)",
     "round": "median round (s)",
     "compute": "client compute (s, all rounds)",
     "distill": "distillation (s / round)",

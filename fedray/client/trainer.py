@@ -32,7 +32,7 @@ from fedray.core import registry
 from fedray.core.config import ClientConfig, ModelConfig
 from fedray.core.errors import ModelError
 from fedray.core.types import State
-from fedray.models import get_trainable_state, set_trainable_state, shared
+from fedray.models import attached_state, get_trainable_state, set_trainable_state, shared
 from fedray.models.loading import build_key_of
 from fedray.models.shared import BaseTensors
 from fedray.tasks.base import Batch, Task, add_sums, num_rows
@@ -284,13 +284,21 @@ class Trainer:
         return sums
 
     def export_adapter(self, state: State) -> dict[str, bytes]:
-        """`state` in peft format (lora) or HF format (full) as {relative file name: bytes}."""
+        """`state` in peft format (lora) or HF format (full) as {relative file name: bytes};
+        tensors attached to the trainable state (FLoRA's merged deltas) go to
+        ``attached_state.safetensors`` beside the adapter."""
         self.set_state(state)
         with tempfile.TemporaryDirectory(prefix="fedray-export-") as tmp:
             if isinstance(self.model, peft.PeftModel):  # no Hub lookup for resized embeddings
                 self.model.save_pretrained(tmp, save_embedding_layers=False)
             else:
                 self.model.save_pretrained(tmp)
+            attached = attached_state(self.model)
+            if attached:
+                from safetensors.torch import save_file
+
+                tensors = {k: t.detach().cpu().contiguous() for k, t in attached.items()}
+                save_file(tensors, str(Path(tmp) / "attached_state.safetensors"))
             root = Path(tmp)
             return {
                 str(p.relative_to(root)): p.read_bytes()
