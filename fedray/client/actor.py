@@ -77,6 +77,21 @@ def _get(ref: Any) -> Any:
     return ray.get(ref)
 
 
+def _shared_base(ref: Any) -> dict[str, BaseTensors]:
+    """The node's shared base (zero-copy views), or a one-line ModelError saying how to fix."""
+    from fedray.core.errors import ModelError
+
+    try:
+        return _get(ref)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise ModelError(
+            f"shared base: the first actor could not export it to Ray's object store "
+            f"({lines[-1][:200] if lines else type(exc).__name__}); raise "
+            "cluster.object_store_memory above the base's size or set model.shared_base=false"
+        ) from None
+
+
 @dataclass(frozen=True)
 class ActorSpec:
     """What a client actor needs, already typed: the run spec, the data's label count and
@@ -99,7 +114,7 @@ class ClientWorker:
         c = run.client
         threads = c.torch_threads or max(1, math.ceil(c.num_cpus))
         task = registry.build("task", {"name": run.data.task})
-        bases = _get(spec.base[0]) if spec.base else {}  # zero-copy views of the shared base
+        bases = _shared_base(spec.base[0]) if spec.base else {}  # zero-copy views
         self.shared_base = bool(spec.base)
         device = pick_device(c.device, c.num_gpus)
         # One model per architecture (one unless model.groups differ in num_layers).
@@ -138,7 +153,10 @@ class ClientWorker:
                 str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
             ],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "base": "shared" if self.shared_base else "own",
+            # shared: this actor maps the node's one copy; on a GPU that copy is in host
+            # memory and the actor keeps its own device copy (see README, Large models)
+            "base": ("shared" if self.shared_base else "own")
+            + ("" if self.trainer.device.type == "cpu" else f"+{self.trainer.device.type}-copy"),
         }
 
     def initial_state(self) -> State:

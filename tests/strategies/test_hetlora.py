@@ -145,3 +145,34 @@ def test_rank_groups_rule_trains_only_its_block(tmp_path) -> None:
             assert delta[:, :2].any() and not delta[:, 2:].any(), k
         else:
             assert delta.any(), k  # the head trains
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["model.groups=[{share:0.5,r:4},{share:0.5}]"], "need an algorithm that reads them"),
+        (["algorithm=hetlora", "model.groups=[{share:0.5,r:4},{share:0.4}]"], "sum to 0.9"),
+        (["algorithm=hetlora", "model.groups=[{share:1.0,r:0}]"], "r=0 must be >= 1"),
+        (
+            ["algorithm=hetlora", "model.groups=[{share:0.5},{share:0.5,num_layers:3}]"],
+            "tunes layer 5 but keeps only num_layers=3",
+        ),
+        (
+            [
+                "algorithm=hetlora",
+                "model.groups=[{share:0.5},{share:0.5,num_layers:3,layers:[0]}]",
+            ],
+            "need algorithm=feddf",
+        ),
+        (["algorithm=feddf", "data=shakespeare_lm"], "per token"),
+        (["algorithm=feddf", "data.max_test=0"], "set a cap"),
+    ],
+)
+def test_group_configs_are_refused_in_one_line(tmp_path, overrides, fragment) -> None:
+    from fedray.app.cli import compose
+    from fedray.app.spec import build_spec
+    from fedray.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        build_spec(compose([f"tracking.uri=sqlite:///{tmp_path}/m.db", *overrides]))
+    assert fragment in str(info.value) and "\n" not in str(info.value)
