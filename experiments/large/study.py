@@ -8,13 +8,15 @@ OUT/runs/NAME.json (its per-round history), so an interrupted study resumes wher
 OUT/RESULTS.md holds the tables, rebuilt from whatever runs have finished.
 
 Studies (`--studies`, default all):
-- `precision`: model.dtype float32 vs bfloat16 (the base stored in bf16, autocast on CPU).
+- `precision`: model.dtype float32 vs bfloat16 (the base stored in bf16, autocast on CPU);
+  accuracy here, speed side by side in `precision_speed.py`.
 - `exact`: FedAvg of the LoRA factors vs FLoRA (exact products, dense merged delta) vs
   FFA-LoRA (A frozen); all with `compression=trim` (lossless) so bytes compare.
 - `hetlora`: uniform rank 8 vs client groups of other ranks / tuned layers with the same
   expected adapter bytes per client (LoRA scaling kept at alpha / r = 2 for the superset).
 - `feddf`: FedAvg (all clients MiniLM, 6 layers) vs FedDF with the same clients vs FedDF where
-  half of the clients run a 3-layer MiniLM (the first 3 layers, adapters on all 3).
+  half of the clients run a 3-layer MiniLM (the first 3 layers, adapters on all 3); 128 public
+  speeches labelled per round.
 
 Usage: python experiments/large/study.py [--out DIR] [--studies exact hetlora ...]
        [--only NAME ...] [--report-only] [-- extra overrides for every run]
@@ -34,9 +36,9 @@ HERE = Path(__file__).resolve().parent
 TRIM = ["compression=trim"]
 HALF = "share:0.5"
 RUNS: dict[str, dict[str, list[str]]] = {
-    "precision": {
-        "fp32": [],
-        "bf16": ["model.dtype=bfloat16"],
+    "precision": {  # accuracy; the speed ratio is measured side by side by precision_speed.py
+        "fp32": TRIM,  # trim is lossless: the same computation as compression=none
+        "bf16": [*TRIM, "model.dtype=bfloat16"],
     },
     "exact": {
         "fedavg": TRIM,
@@ -81,10 +83,11 @@ RUNS: dict[str, dict[str, list[str]]] = {
     },
     "feddf": {
         "fedavg_6L": TRIM,
-        "feddf_6L": [*TRIM, "algorithm=feddf"],
+        "feddf_6L": [*TRIM, "algorithm=feddf", "algorithm.public_size=128"],
         "feddf_6L_3L": [
             *TRIM,
             "algorithm=feddf",
+            "algorithm.public_size=128",
             f"model.groups=[{{{HALF}}},{{{HALF},num_layers:3,layers:[0,1,2]}}]",
         ],
     },
