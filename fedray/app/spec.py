@@ -21,6 +21,7 @@ from fedray.client.speed import check_speed
 from fedray.core import registry
 from fedray.core.config import FedrayConfig
 from fedray.core.errors import ConfigError
+from fedray.models import groups
 from fedray.pipeline import check_pipeline
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def _check_values(spec: FedrayConfig) -> None:
         if not ok:
             raise ConfigError(message)
     problem = (
-        check_speed(spec.speed)
+        groups.spec_problem(spec)
+        or check_speed(spec.speed)
         or _mode_problem(spec)
         or _reliability_problem(spec)
         or _silo_problem(spec)

@@ -9,11 +9,14 @@ between round trips, such as its secret keys), which never leaves the actor.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from fedray.client.attack import Attack
 from fedray.client.faults import FaultInjector
@@ -22,8 +25,12 @@ from fedray.core.config import FedrayConfig
 from fedray.core.statemath import nbytes, subtract
 from fedray.core.types import State, TrainJob, Update
 from fedray.data.base import EncodedData
+from fedray.models import groups
 from fedray.pipeline import Pipeline
 from fedray.tasks.base import shard_rows
+
+if TYPE_CHECKING:
+    from fedray.models.shared import BaseTensors
 
 
 def pick_device(requested: str, num_gpus: float) -> str:
@@ -69,6 +76,49 @@ def model_size(model: Any) -> tuple[int, int]:
     return total, trainable
 
 
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_LIBC = _libc()
+
+
+def release_heap() -> None:
+    """Return the heap memory freed by the last job (activations, logits) to the OS.
+
+    glibc keeps freed chunks (its mmap threshold grows with the largest freed block, up to
+    32 MB), so after a training step of a large model an idle actor would hold ~150 MB of
+    freed activations (1.3 GB LLaMA-style model, batch 2 x 32 tokens; RESULTS.md in
+    experiments/large). `malloc_trim(0)` gives them back; it takes well under a millisecond.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _get(ref: Any) -> Any:
+    import ray
+
+    return ray.get(ref)
+
+
+def _shared_base(ref: Any) -> dict[str, BaseTensors]:
+    """The node's shared base (zero-copy views), or a one-line ModelError saying how to fix."""
+    from fedray.core.errors import ModelError
+
+    try:
+        return _get(ref)
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise ModelError(
+            f"shared base: the first actor could not export it to Ray's object store "
+            f"({lines[-1][:200] if lines else type(exc).__name__}); raise "
+            "cluster.object_store_memory above the base's size or set model.shared_base=false"
+        ) from None
+
+
 @dataclass(frozen=True)
 class ActorSpec:
     """What a client actor needs, already typed: the run spec, the data's label count, the
@@ -80,6 +130,7 @@ class ActorSpec:
     rule: dict[str, Any]
     population: int
     first_client: int = 0
+    base: list[Any] | None = None  # [ObjectRef of {architecture: BaseTensors}] (shared base)
 
 
 class ClientWorker:
@@ -93,15 +144,23 @@ class ClientWorker:
         c = run.client
         threads = c.torch_threads or max(1, math.ceil(c.num_cpus))
         task = registry.build("task", {"name": run.data.task})
-        self.trainer = Trainer(
-            run.model,
-            task,
-            spec.num_labels,
-            seed=run.seed,
-            device=pick_device(c.device, c.num_gpus),
-            threads=threads,
-        )
+        bases = _shared_base(spec.base[0]) if spec.base else {}  # zero-copy views
+        self.shared_base = bool(spec.base)
+        device = pick_device(c.device, c.num_gpus)
+        # One model per architecture (one unless model.groups differ in num_layers).
+        self.trainers = {
+            arch: Trainer(cfg, task, spec.num_labels, run.seed, device, threads, bases.get(arch))
+            for arch, cfg in groups.architectures(run.model).items()
+        }
+        self.trainer = next(iter(self.trainers.values()))  # the global model's architecture
+        resolved = groups.resolve(run.model)
+        self.arch_of = [
+            resolved[g].arch for g in groups.assign(resolved, spec.population, run.seed)
+        ]
         self.eval_batch_size = c.eval_batch_size
+        self.run = run
+        self._public: dict[str, np.ndarray] = {}  # FedDF's public set, built on first use
+        self._public_size = 0
         self.pipeline = Pipeline.from_spec(run)
         self.data = data
         self.rule = registry.build("rule", spec.rule, trainer=self.trainer, seed=run.seed)
@@ -134,11 +193,50 @@ class ClientWorker:
                 str(g) for g in ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
             ],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            # shared: this actor maps the node's one copy; on a GPU that copy is in host
+            # memory and the actor keeps its own device copy (see README, Large models)
+            "base": ("shared" if self.shared_base else "own")
+            + ("" if self.trainer.device.type == "cpu" else f"+{self.trainer.device.type}-copy"),
         }
 
     def initial_state(self) -> State:
-        """The trainable state right after loading (the round-0 global state)."""
-        return self.trainer.get_state()
+        """The trainable state right after loading (the round-0 global state): with several
+        architectures, every architecture's state under its key prefix."""
+        if len(self.trainers) == 1:
+            return self.trainer.get_state()
+        return {f"{a}/{k}": v for a, t in self.trainers.items() for k, v in t.get_state().items()}
+
+    def export_base(self) -> dict[str, BaseTensors]:
+        """Each architecture's frozen base (to put in the object store once) and private part;
+        frozen arrays equal across architectures are one array (stored once)."""
+        out: dict[str, BaseTensors] = {}
+        seen: dict[str, np.ndarray] = {}
+        for arch, trainer in self.trainers.items():
+            base = trainer.export_base()
+            for name, array in base.frozen.items():
+                same = seen.get(name)
+                if same is not None and same.dtype == array.dtype and np.array_equal(same, array):
+                    base.frozen[name] = same
+                else:
+                    seen.setdefault(name, array)
+            out[arch] = base
+        return out
+
+    def adopt_base(self, ref: list[Any]) -> int:
+        """Swap this actor's own frozen tensors for the shared ones it exported; returns the
+        shared bytes."""
+        bases = _get(ref[0])
+        for arch, trainer in self.trainers.items():
+            trainer.adopt_base(bases[arch])
+        self.shared_base = True
+        return sum({id(a): a.nbytes for b in bases.values() for a in b.frozen.values()}.values())
+
+    def _arch_state(self, state: State, arch: str) -> State:
+        """The part of a (union) state that architecture `arch` holds, unprefixed."""
+        if len(self.trainers) == 1:
+            return state
+        prefix = f"{arch}/"
+        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
     def _session(self, round: int, client_id: int) -> dict[str, Any]:
         if round != self.session_round:  # a new round: the last one's sessions are over
@@ -184,11 +282,13 @@ class ClientWorker:
         stored = dict(job.client_state)
         mechanism = self.pipeline.mechanism
         session = self._session(job.round, job.client_id)
+        arch = self.arch_of[job.client_id]
+        trainer = self.trainers[arch]
         local = LocalJob(
             job.client_id,
             job.seed,
             self.data.client_batch(job.client_id - self.first_client),
-            global_state,
+            self._arch_state(global_state, arch),
             stored.pop("rule", None),
             extra,
         )
@@ -199,8 +299,13 @@ class ClientWorker:
             state=stored.get("privacy"),
             session=session,
         )
-        with self.trainer.shaped(training):  # e.g. DP-SGD around every fit of the rule
-            result = self.rule.run(self.trainer, local, recipe)
+        with trainer.shaped(training):  # e.g. DP-SGD around every fit of the rule
+            result = self.rule.run(trainer, local, recipe)
+        if len(self.trainers) > 1:  # other architectures' keys come back unchanged (delta 0)
+            result.trained = {
+                **global_state,
+                **{f"{arch}/{k}": v for k, v in result.trained.items()},
+            }
         trained = self.attack.apply(result.trained, global_state, job.client_id, job.round)
         delay = delay_s(float(self.speed[job.client_id]), result.metrics["compute_s"])
         result.metrics["delay_s"] = delay
@@ -230,6 +335,7 @@ class ClientWorker:
         metrics = result.metrics
         if not self.pipeline.mechanism.reveals_client_metrics:  # e.g. DP: the loss stays here
             metrics = {k: metrics[k] for k in ("compute_s", "delay_s") if k in metrics}
+        release_heap()
         return Update(
             client_id=job.client_id,
             num_samples=result.num_samples,
@@ -247,9 +353,32 @@ class ClientWorker:
         start, stop = shard_rows(n, self.eval_batch_size, shard, shards)
         if start == stop:  # more actors than test batches
             return []
-        self.trainer.set_state(global_state)
-        return self.trainer.eval_sums(self.data.test, self.eval_batch_size, start, stop)
+        self.trainer.set_state(self._arch_state(global_state, self.primary))
+        sums = self.trainer.eval_sums(self.data.test, self.eval_batch_size, start, stop)
+        release_heap()
+        return sums
 
     def export(self, global_state: State) -> dict[str, bytes]:
         """The global model as files (peft adapter or full HF model), to ship to the driver."""
-        return self.trainer.export_adapter(global_state)
+        return self.trainer.export_adapter(self._arch_state(global_state, self.primary))
+
+    def distill(
+        self, student: State, teachers: list[tuple[str, State]], options: Any, seed: list[int]
+    ) -> tuple[State, dict[str, float]]:
+        """Server-side ensemble distillation (FedDF) on this actor's models; the public set
+        is built on first use."""
+        from fedray.client.distill import distill, public_set
+
+        size = int(options.public_size)
+        if self._public_size != size:
+            self._public, self._public_size = public_set(self.run, size), size
+        out = distill(
+            self.trainers, self._public, student, teachers, options, seed, self.eval_batch_size
+        )
+        release_heap()
+        return out
+
+    @property
+    def primary(self) -> str:
+        """The architecture of the global model (the first group's)."""
+        return next(iter(self.trainers))

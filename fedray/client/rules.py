@@ -13,7 +13,7 @@ Personalized rules live in :mod:`fedray.client.personal`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,7 +23,8 @@ from fedray.client.trainer import ExtraLoss, Recipe, Trainer
 from fedray.core.extra import tagged, untagged
 from fedray.core.registry import register
 from fedray.core.types import State
-from fedray.models import trainable_parameters
+from fedray.models import groups, trainable_parameters
+from fedray.models.lora import attach_merged_deltas, freeze_lora_a
 from fedray.tasks.base import num_rows
 
 
@@ -240,3 +241,121 @@ class ScaffoldRule:
         return LocalResult(
             y, num_rows(job.batch), metrics, client_state=c_new, extra=tagged(delta_c, "c")
         )
+
+
+# -- exact and heterogeneous LoRA aggregation (fedray.models.lora, fedray.models.groups) ------
+def _with_model_rest(trainer: Trainer, shared: State) -> State:
+    """`shared` completed by the model's own values for the keys the server did not send."""
+    return {**trainer.get_state(), **shared}
+
+
+@dataclass
+class FrozenAOptions:
+    """Options of the `frozen_a` rule (FFA-LoRA's client): none."""
+
+    name: str = "frozen_a"
+
+
+@register("rule", "frozen_a", FrozenAOptions)
+class FrozenARule:
+    """FFA-LoRA (Sun et al. 2024): every LoRA A stays at its seeded initialisation (the same on
+    every actor); only B and the heads train and travel, so averaging B is exact."""
+
+    def __init__(self, options: FrozenAOptions | None = None, *, trainer: Trainer, **_: Any):
+        self.options = options or FrozenAOptions()
+        freeze_lora_a(trainer.model)
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        trainer.set_state(_with_model_rest(trainer, job.global_state))
+        metrics = trainer.fit(job.batch, seed=job.seed, recipe=recipe)
+        trained = {k: v for k, v in trainer.get_state().items() if k in job.global_state}
+        return LocalResult(trained, num_rows(job.batch), metrics, client_state=job.client_state)
+
+
+@dataclass
+class MergedDeltaOptions:
+    """Options of the `merged_delta` rule (FLoRA's client): none."""
+
+    name: str = "merged_delta"
+
+
+@register("rule", "merged_delta", MergedDeltaOptions)
+class MergedDeltaRule:
+    """FLoRA's client (Wang et al. 2024) on a frozen shared base: every adapted layer also
+    applies the server's merged dense delta D (:func:`fedray.models.lora.attach_merged_deltas`);
+    the client trains a fresh A, B on top and sends them (D comes back unchanged: its delta is
+    exactly zero, which `compression=trim` does not send)."""
+
+    def __init__(self, options: MergedDeltaOptions | None = None, *, trainer: Trainer, **_: Any):
+        self.options = options or MergedDeltaOptions()
+        attach_merged_deltas(trainer.model)
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        trainer.set_state(job.global_state)
+        metrics = trainer.fit(job.batch, seed=job.seed, recipe=recipe)
+        return LocalResult(
+            trainer.get_state(), num_rows(job.batch), metrics, client_state=job.client_state
+        )
+
+
+@dataclass
+class RankGroupsOptions:
+    """Options of the `rank_groups` rule (HetLoRA's client), filled in by the strategy."""
+
+    name: str = "rank_groups"
+    group_of: list[int] = field(default_factory=list)  # client id -> group index
+    ranks: list[int] = field(default_factory=list)  # group -> LoRA rank
+    layers: list[Any] = field(default_factory=list)  # group -> tuned layer indices or None
+
+
+@register("rule", "rank_groups", RankGroupsOptions)
+class RankGroupsRule:
+    """HetLoRA's client (Cho et al. 2024): a client of rank r trains the truncated global
+    adapters (components r.. of every A row and B column zeroed, so their gradients and AdamW
+    steps are exactly zero) and only the adapters of its group's layers (the others are frozen
+    at the server's values). Everything it did not train goes back as the server sent it, so
+    its update is exactly zero there (`compression=trim` sends only its block)."""
+
+    def __init__(self, options: RankGroupsOptions, **_: Any) -> None:
+        self.options = options
+
+    def _group(self, client_id: int) -> groups.Group:
+        o = self.options
+        g = o.group_of[client_id]
+        layers = o.layers[g]
+        return groups.Group(
+            g, f"group{g}", 0.0, o.ranks[g], None if layers is None else tuple(layers), "", None
+        )
+
+    def run(self, trainer: Trainer, job: LocalJob, recipe: Recipe) -> LocalResult:
+        group = self._group(job.client_id)
+        glob = job.global_state
+        parts = {k: groups.trained_part(group, k, v.shape) for k, v in glob.items()}
+        start = {}
+        for k, v in glob.items():
+            part = parts[k]
+            if part is not None and ("lora_A" in k or "lora_B" in k):
+                truncated = np.zeros_like(v)
+                truncated[part] = v[part]
+                start[k] = truncated
+            else:
+                start[k] = v
+        trainer.set_state(start)
+        params = trainable_parameters(trainer.model)
+        frozen = [params[k] for k, part in parts.items() if part is None and k in params]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            metrics = trainer.fit(job.batch, seed=job.seed, recipe=recipe)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        trained = trainer.get_state()
+        out = {}
+        for k, v in glob.items():
+            part = parts[k]
+            kept = np.array(v, dtype=np.float32, copy=True)
+            if part is not None:
+                kept[part] = trained[k][part]
+            out[k] = kept
+        return LocalResult(out, num_rows(job.batch), metrics, client_state=job.client_state)

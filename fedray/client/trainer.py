@@ -29,9 +29,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fedray.core import registry
 from fedray.core.config import ClientConfig, ModelConfig
+from fedray.core.errors import ModelError
 from fedray.core.types import State
-from fedray.models import get_trainable_state, set_trainable_state
+from fedray.models import get_trainable_state, set_trainable_state, shared
 from fedray.models.export import export_files
+from fedray.models.loading import build_key_of
+from fedray.models.shared import BaseTensors
 from fedray.privacy.base import LocalTraining
 from fedray.tasks.base import Batch, Task, add_sums, num_rows
 
@@ -166,19 +169,40 @@ class Trainer:
         seed: int,
         device: str = "cpu",
         threads: int | None = None,
+        base: BaseTensors | None = None,
     ) -> None:
+        """Build the task's model on `device`; from the shared frozen `base` if one is given
+        (:mod:`fedray.models.shared`), else from the checkpoint."""
         if threads:
             torch.set_num_threads(threads)
         if isinstance(task, str):  # a registered task name
             task = registry.build("task", {"name": task})
         self.task = task
         self.device = torch.device(device)
-        self.model = task.build_model(model_cfg, num_labels, seed).to(self.device)
-        # Mixed precision only on CUDA: fp32 weights, bf16/fp16 autocast; CPU stays float32.
-        cuda = self.device.type == "cuda"
-        self._amp = _AMP.get(model_cfg.dtype) if cuda else None
+        with shared.provide(base) as offer:
+            model = task.build_model(model_cfg, num_labels, seed)
+        if offer is not None and not offer.used:
+            raise ModelError(
+                f"model.shared_base=true, but data.task={type(task).__name__} builds its model "
+                "without fedray.models.load_model; set model.shared_base=false"
+            )
+        # A quantized base is placed on its device by the loader (bitsandbytes cannot move it).
+        self.model = model if model_cfg.quantize != "none" else model.to(self.device)
+        # Other than float32, the base is stored in model.dtype and forward/backward run under
+        # autocast in it (CPU and CUDA); trainable parameters stay float32 (master weights).
+        self._amp = _AMP.get(model_cfg.dtype)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self._shaping: LocalTraining | None = None
+
+    def export_base(self) -> BaseTensors:
+        """The model's frozen parameters (to share) and private tensors, as numpy arrays."""
+        return shared.export_base(self.model, build_key_of(self.model))
+
+    def adopt_base(self, base: BaseTensors) -> None:
+        """Use the shared copy of the frozen base this trainer exported (CPU: its own copy is
+        freed; on a GPU the device copy is kept: the shared arrays live in host memory)."""
+        if self.device.type == "cpu":
+            shared.adopt(self.model, base)
 
     @property
     def uses_loss_scaling(self) -> bool:
@@ -198,8 +222,10 @@ class Trainer:
         return {k: _tensor(v, self.device) for k, v in data.items()}
 
     def autocast(self) -> AbstractContextManager:
-        """The mixed-precision context of forward passes (none on CPU)."""
-        return torch.autocast("cuda", dtype=self._amp) if self._amp else nullcontext()
+        """The mixed-precision context of forward passes (none for a float32 base)."""
+        if self._amp is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self._amp)
 
     @contextmanager
     def shaped(self, training: LocalTraining | None) -> Iterator[None]:
@@ -238,7 +264,7 @@ class Trainer:
         model = self.model
         model.train()
         optimizer = make_optimizer(self.params, recipe)
-        scaler = torch.amp.GradScaler("cuda", enabled=self._amp is torch.float16)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp is torch.float16)
         optimizer.zero_grad()
         torch.manual_seed(seed)  # fixes batch order and dropout; nothing may draw before it
         loader = make_loader(columns, recipe)
@@ -327,6 +353,7 @@ class Trainer:
 
     def export_adapter(self, state: State) -> dict[str, bytes]:
         """`state` in peft format (lora), HF format (full) or as a safetensors state (other
-        architectures) as {relative file name: bytes}."""
+        architectures) as {relative file name: bytes}; tensors attached to the trainable state
+        (FLoRA's merged deltas) go to ``attached_state.safetensors`` beside the adapter."""
         self.set_state(state)
         return export_files(self.model)

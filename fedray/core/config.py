@@ -173,6 +173,29 @@ class LoraConfig:
 
 
 @dataclass
+class ClientGroupConfig:
+    """A share of the clients that differ from the rest in LoRA rank, tuned layers or
+    architecture (HetLoRA, FedDF). Unset fields take the model's own values."""
+
+    name: str = field(default="", metadata={"help": "Name shown in metrics; default group<i>."})
+    share: float = field(
+        default=1.0, metadata={"help": "Fraction of the clients in this group (shares sum to 1)."}
+    )
+    r: int | None = field(default=None, metadata={"help": "LoRA rank (null: model.lora.r)."})
+    layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Layer indices whose adapters this group tunes (null: model.lora's)."},
+    )
+    num_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Architecture: keep only the first num_layers transformer layers of the "
+            "base (null: all). Groups with different values are different models (FedDF)."
+        },
+    )
+
+
+@dataclass
 class ModelConfig:
     """Which pretrained model is fine-tuned, and how."""
 
@@ -182,7 +205,43 @@ class ModelConfig:
     )
     finetune: str = field(default="lora", metadata={"help": "lora | full."})
     lora: LoraConfig = field(default_factory=LoraConfig)
-    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16."})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Storage dtype of the frozen base on CPU and GPU: float32 | bfloat16 | "
+            "float16. Trainable parameters stay float32; other than float32, forward and "
+            "backward run under autocast in this dtype."
+        },
+    )
+    num_layers: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the first num_layers transformer layers (null: all)."},
+    )
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "none | 8bit | 4bit: load the base through bitsandbytes (4bit: QLoRA, NF4 "
+            "with double quantization, compute in model.dtype); CUDA only, LoRA only."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute activations in the backward pass: less memory, ~30% slower."},
+    )
+    shared_base: bool = field(
+        default=True,
+        metadata={
+            "help": "LoRA: the frozen base is loaded once and every client actor of a node "
+            "maps it read-only from Ray's object store (false: each actor loads its own)."
+        },
+    )
+    groups: list[ClientGroupConfig] = field(
+        default_factory=list,
+        metadata={
+            "help": "Client groups with their own LoRA rank, tuned layers or architecture "
+            "(empty: all clients alike). Needs an algorithm that reads groups: hetlora, feddf."
+        },
+    )
     arch: Any = field(
         default_factory=lambda: {"name": "hf"},
         metadata={

@@ -23,10 +23,13 @@ _LAZY = {
     "encode": "loading",
     "load_model": "loading",
     "load_tokenizer": "loading",
+    "attach_state": "state",
+    "attached_state": "state",
     "get_trainable_state": "state",
     "set_trainable_state": "state",
     "state_keys": "state",
     "trainable_parameters": "state",
+    "save_llama": "tiny",
     "save_tiny_causal_lm": "tiny",
     "save_tiny_classifier": "tiny",
 }

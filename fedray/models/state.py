@@ -13,6 +13,9 @@ from fedray.core.errors import ModelError
 from fedray.core.types import State
 
 _KEYS: weakref.WeakKeyDictionary[torch.nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
+_EXTRA: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
 _DIRECT: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, torch.nn.Parameter] | None] = (
     weakref.WeakKeyDictionary()
 )
@@ -58,9 +61,28 @@ def _direct(model: torch.nn.Module) -> dict[str, torch.nn.Parameter] | None:
     return _DIRECT[model]
 
 
+def attach_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Make `tensors` (not parameters: the optimizer never sees them) part of the model's
+    trainable state: read by :func:`get_trainable_state`, written by
+    :func:`set_trainable_state`, so they travel, are averaged and checkpointed like adapters
+    (FLoRA's merged dense delta per adapted layer)."""
+    known = set(_tensors(model)) | set(_EXTRA.get(model, {}))
+    clash = sorted(known & set(tensors))
+    if clash:
+        raise ModelError(f"attach_state: {clash[0]} is already part of the trainable state")
+    _EXTRA.setdefault(model, {}).update(tensors)
+    _KEYS.pop(model, None)
+
+
+def attached_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors :func:`attach_state` added to the model's trainable state (name -> tensor)."""
+    return dict(_EXTRA.get(model, {}))
+
+
 def get_trainable_state(model: torch.nn.Module) -> State:
-    """Adapters (+ modules_to_save) for a peft model, the full state_dict otherwise; fp32 copies."""
-    tensors = _direct(model) or _tensors(model)
+    """Adapters (+ modules_to_save) for a peft model, the full state_dict otherwise; fp32 copies.
+    Tensors attached with :func:`attach_state` come last."""
+    tensors = {**(_direct(model) or _tensors(model)), **_EXTRA.get(model, {})}
     state = {
         k: t.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy()
         for k, t in tensors.items()
@@ -74,6 +96,12 @@ def state_keys(model: torch.nn.Module) -> frozenset[str]:
     if model not in _KEYS:
         get_trainable_state(model)
     return _KEYS[model]
+
+
+def state_storages(model: torch.nn.Module) -> set[int]:
+    """Data pointers of the tensors behind the trainable state, whatever their requires_grad
+    (FFA-LoRA freezes LoRA A, which still belongs to the state)."""
+    return {t.data_ptr() for t in _tensors(model).values()}
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -103,6 +131,16 @@ def set_trainable_state(model: torch.nn.Module, state: State) -> None:
             f"({len(missing)}), unexpected {extra[:3]} ({len(extra)}); same model/finetune config?"
         )
     tensors = _as_tensors(state)
+    extra = _EXTRA.get(model, {})
+    if extra:
+        with torch.no_grad():
+            for k, t in extra.items():
+                if tensors[k].shape != t.shape:
+                    raise ModelError(
+                        f"trainable state does not fit the model: {k} has shape "
+                        f"{tuple(tensors[k].shape)}, the model's is {tuple(t.shape)}"
+                    )
+                t.copy_(tensors.pop(k))
     direct = _direct(model)
     if direct is not None:
         with torch.no_grad():

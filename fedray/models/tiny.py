@@ -18,6 +18,8 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     GPT2Tokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
 )
 
 _CORPUS = [
@@ -97,6 +99,53 @@ def save_tiny_classifier(path: str | Path) -> str:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         model = BertModel(config, add_pooling_layer=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# LLaMA-style sizes by name: (hidden, intermediate, layers, heads, vocab). "1b" is TinyLlama's
+# shape (1.10B parameters); "300m" is 1.29 GB in float32; "tiny" costs nothing to load.
+LLAMA_SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (64, 176, 2, 4, 1024),
+    "300m": (1024, 2816, 20, 16, 32000),
+    "1b": (2048, 5632, 22, 32, 32000),
+}
+
+
+def save_llama(
+    path: str | Path, size: str = "tiny", *, device: str = "cpu", dtype: str = "float32"
+) -> str:
+    """Save a randomly initialised LLaMA-style causal LM of `size` (:data:`LLAMA_SIZES`) and a
+    BPE tokenizer under `path` (safetensors, loadable by path); return the path.
+
+    The weights are random (seeded), not pretrained: these models measure memory and speed.
+    The tokenizer covers few tokens of the 32,000-entry vocabulary, as the embedding's size is
+    what matters here. `device` only speeds up the initialisation (a GPU initialises 1B
+    parameters in seconds); the files are the same.
+    """
+    if size not in LLAMA_SIZES:
+        raise ValueError(f"size={size!r}: choose one of {sorted(LLAMA_SIZES)}")
+    hidden, intermediate, layers, heads, vocab = LLAMA_SIZES[size]
+    path = Path(path)
+    tokenizer = _bpe_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids(_EOS)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(_SEED)
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)

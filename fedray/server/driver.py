@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedray.client.silo import ActorGroup
@@ -20,12 +21,13 @@ from fedray.core import registry
 from fedray.core.checkpoint import DriverState, load_checkpoint, save_checkpoint
 from fedray.core.config import FedrayConfig
 from fedray.core.context import RunContext
-from fedray.core.errors import BudgetExhausted
+from fedray.core.errors import BudgetExhausted, FedrayError
 from fedray.core.events import Done, Evaluated, Event, Ready
+from fedray.core.types import State
 from fedray.pipeline import Pipeline
 from fedray.server.asynchronous import run_async
 from fedray.server.placement import Placement
-from fedray.server.pool import ActorPool
+from fedray.server.pool import ActorPool, error_line
 from fedray.server.protocol import RoundProtocol
 from fedray.server.sync import run_round
 
@@ -45,6 +47,14 @@ def actor_count(spec: FedrayConfig) -> int:
     if c.num_gpus > 0:
         fit = min(fit, int(gpus // c.num_gpus + 1e-9))
     return max(1, min(fit, spec.mode.clients_per_round))
+
+
+def shares_base(spec: FedrayConfig) -> bool:
+    """Whether the actors map one shared frozen base (`model.shared_base`, an unquantized
+    LoRA model; full fine-tuning has no frozen base, bitsandbytes' quantized weights are
+    loaded by each actor onto its GPU)."""
+    m = spec.model
+    return m.shared_base and m.finetune == "lora" and m.quantize == "none"
 
 
 class Driver:
@@ -86,9 +96,15 @@ class Driver:
         self.pipeline.mechanism.setup(self.context)
         self.pool: ActorPool | None = None
         self.placement: Placement | None = None
+        self.strategy.bind(spec, PoolCompute(self))
 
     def _start_pool(self) -> list[dict[str, Any]]:
-        """The client actors, group by group: a silo's on its nodes, reading its data there."""
+        """The client actors, group by group: a silo's on its nodes, reading its data there.
+
+        With a shared base, the first actor loads the checkpoint and exports the frozen base
+        into the object store (the driver owns that object, so it outlives the actor); every
+        other actor, replacements included, builds its model around zero-copy views of it (one
+        copy per node), and the first swaps its own copy for them."""
         from fedray.client.actor import ActorSpec, ClientWorker
 
         c = self.spec.client
@@ -97,16 +113,33 @@ class Driver:
         sizes = [g.actors if g.actors is not None else actor_count(self.spec) for g in self.groups]
         self.placement = Placement(self.groups, sizes)
         slot_group = [g for g, n in zip(self.groups, sizes, strict=True) for _ in range(n)]
+        base: list[Any] | None = None
 
-        def make(slot: int) -> Any:
+        def new_actor(slot: int) -> Any:
             group = slot_group[slot]
-            spec = ActorSpec(self.spec, self.num_labels, rule, population, group.first_client)
+            spec = ActorSpec(self.spec, self.num_labels, rule, population, group.first_client, base)
             where = {} if group.labels is None else {"label_selector": dict(group.labels)}
             cls = worker.options(num_cpus=c.num_cpus, num_gpus=c.num_gpus, **where)
             return cls.remote(spec, group.data[0])
 
+        first: list[Any] = []
+        if shares_base(self.spec):
+            loader = new_actor(0)
+            base_ref = loader.export_base.remote()
+            self._adopted = loader.adopt_base.remote([base_ref])
+            base = [base_ref]
+            first.append(loader)
+
+        def make(slot: int) -> Any:
+            return first.pop() if slot == 0 and first else new_actor(slot)
+
         self.pool = ActorPool(make, len(slot_group))
         actors = self.pool.wait_ready()
+        if shares_base(self.spec):
+            try:
+                ray.get(self._adopted)
+            except RayTaskError as exc:
+                raise FedrayError(f"shared base: {error_line(exc)}") from None
         self.pipeline.traffic.model_bytes = int(actors[0]["model_fp32_bytes"])  # for its ratios
         return actors
 
@@ -147,12 +180,14 @@ class Driver:
                         state.round, state.global_state = end.round, loop.global_state
                         state.loop = loop.state_dict()
                         self._maybe_checkpoint(state)
+                        end.metrics.update(self.strategy.metrics())
                         yield end
                 else:
                     for rnd in range(state.round + 1, self.spec.mode.rounds + 1):
                         state.global_state, end = run_round(protocol, rnd, state.global_state)
                         state.round = rnd
                         self._maybe_checkpoint(state)
+                        end.metrics.update(self.strategy.metrics())
                         yield end
             except BudgetExhausted as exc:  # a clean end before an unaffordable round
                 stop = str(exc)
@@ -182,6 +217,31 @@ class Driver:
         self.selector.load_state_dict(state.selector)
         self.pipeline.load_state_dict(state.pipeline)
         return state
+
+
+class PoolCompute:
+    """:class:`~fedray.strategies.base.ServerCompute` on the driver's actor pool: a strategy's
+    model computations run on whichever client actor is free, their states put in the object
+    store once."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    def distill(
+        self, student: State, teachers: list[tuple[str, State]], options: Any, seed: list[int]
+    ) -> tuple[State, dict[str, float]]:
+        pool = self.driver.pool
+        if pool is None:
+            raise FedrayError("distillation needs the client actors; they are not started")
+        refs = (ray.put(student), ray.put(teachers))
+
+        def call(actor: Any) -> ray.ObjectRef:
+            return actor.distill.remote(*refs, options, seed)
+
+        [outcome] = pool.run_all([("distill", call, None)])
+        if outcome.error is not None:
+            raise FedrayError(f"server-side distillation failed: {outcome.error}")
+        return outcome.value
 
 
 def start(

@@ -7,11 +7,26 @@ server logic: no Ray, no I/O; stateful strategies save and load their state.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from fedray.core.checkpoint import check_state_keys
 from fedray.core.statemath import mean_of
 from fedray.core.types import Aggregate, Contribution, State
+
+if TYPE_CHECKING:
+    from fedray.core.config import FedrayConfig
+
+
+class ServerCompute(Protocol):
+    """Model computations a strategy hands to the coordinator (which runs them on a client
+    actor: the server's accelerator in a deployment), e.g. FedDF's ensemble distillation."""
+
+    def distill(
+        self, student: State, teachers: list[tuple[str, State]], options: Any, seed: list[int]
+    ) -> tuple[State, dict[str, float]]:
+        """The student (the global state) after distillation towards the ensemble of
+        `teachers` ((architecture, state) pairs), and figures of the work (FedDF)."""
+        ...
 
 
 class Strategy(Protocol):
@@ -31,6 +46,7 @@ class Strategy(Protocol):
     # A straggler's partial update (speed.stragglers) is aggregated (True: FedProx, FedNova)
     # or dropped like a late client (False: FedAvg as Li et al. 2020 run it).
     keeps_partial_work: ClassVar[bool] = False
+    reads_groups: ClassVar[bool] = False  # aggregates clients by `model.groups` (rank, arch)
 
     def aggregate(self, global_state: State, contributions: list[Contribution]) -> State:
         """The next global state from the cohort's decoded updates."""
@@ -42,6 +58,14 @@ class Strategy(Protocol):
 
     def setup(self, *, num_clients: int) -> None:
         """Learn the population size before the first round (SCAFFOLD's N)."""
+
+    def bind(self, spec: FedrayConfig, compute: ServerCompute) -> None:
+        """Learn the run (client groups, seed) and how to run model computations; called once
+        after :meth:`setup`, before :meth:`client_rule`."""
+
+    def metrics(self) -> dict[str, float]:
+        """Figures of the last aggregation (logged with the round's metrics)."""
+        return {}
 
     def shared_state(self, global_state: State) -> State:
         """What is sent down and what updates must match (FedPer keeps its head back)."""
@@ -81,4 +105,4 @@ class AsyncStrategy(Strategy, Protocol):
         ...
 
 
-__all__ = ["AsyncStrategy", "Strategy", "check_state_keys"]
+__all__ = ["AsyncStrategy", "ServerCompute", "Strategy", "check_state_keys"]
