@@ -9,6 +9,7 @@ import pytest
 
 from fedray.app.cli import compose
 from fedray.app.run import run_experiment
+from fedray.app.spec import build_spec
 from fedray.core.checkpoint import load_checkpoint
 from fedray.models import save_tiny_classifier
 
@@ -75,8 +76,8 @@ def test_scaffold_keeps_control_variates_and_counts_their_bytes(
 def _initial_state(tiny: str) -> dict[str, np.ndarray]:
     from fedray.models import get_trainable_state, load_model
 
-    cfg = compose([*BASE, f"model.name_or_path={tiny}"])
-    return get_trainable_state(load_model(cfg.model, "classification", 6, cfg.seed))
+    spec = build_spec(compose([*BASE, f"model.name_or_path={tiny}"]))  # typed, as actors get it
+    return get_trainable_state(load_model(spec.model, "classification", 6, spec.seed))
 
 
 def test_fedper_head_never_leaves_the_client(ray_cluster, tiny, tmp_path: Path) -> None:

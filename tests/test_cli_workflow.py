@@ -211,7 +211,9 @@ def test_readme_causal_lm_example_shows_the_task_metrics(tmp_path: Path) -> None
         "eval_perplexity",
         "eval_accuracy",
     ]
-    [row] = [ln for ln in lines if ln.split()[:1] == ["1"]]
+    [row] = [
+        ln for ln in lines if ln.split()[:1] == ["1"] and len(ln.split()) == len(header.split())
+    ]
     perplexity, accuracy = (float(v) for v in row.split()[4:6])
     assert perplexity > 1.0 and 0.0 <= accuracy <= 1.0
 

@@ -21,6 +21,7 @@ REQUIRED = {
     "mode/async": ["algorithm=fedbuff"],
     "privacy/dp_fedavg": ["privacy.noise_multiplier=1.0"],  # or privacy.target_epsilon
     "algorithm/fednova": ["client.optimizer=sgd"],
+    "algorithm/flora": ["compression=trim"],
     "data/image_folder": ["data.path=images"],
     "model/vit": ["data=digits"],
     "model/logreg": ["data=synthetic"],
