@@ -110,6 +110,9 @@ def test_multirun_records_one_finished_run_per_job(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("fedray")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["fedray-0", "fedray-1"]
+    assert sorted(r.info.run_name for r in runs) == ["fedray-0", "fedray-1", "fedray-sweep"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+    [parent] = [r for r in runs if r.info.run_name == "fedray-sweep"]
+    runs = [r for r in runs if r is not parent]  # the jobs, nested under the sweep's run
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert {r.data.params["partition.name"] for r in runs} == {"iid", "dirichlet"}

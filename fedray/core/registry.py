@@ -9,6 +9,7 @@ calls :func:`register` plus one YAML file under `conf/<group>/`; nothing else is
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
@@ -85,9 +86,28 @@ def names(group: str) -> list[str]:
     return sorted(_REGISTRY[group])
 
 
+def _load_one(group: str, name: str) -> None:
+    """Import only the module named like the option, when there is one: a process that runs
+    `privacy=none` then never imports the cryptography and accounting libraries the other
+    mechanisms need (tens of MB and a second of start-up in every actor)."""
+    provider = _PROVIDERS[group]
+    if group in _LOADED or isinstance(provider, tuple) or name.startswith("_"):
+        return
+    module = f"{provider}.{name}"
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return
+    if spec is not None:
+        importlib.import_module(module)
+
+
 def entry(group: str, name: str) -> Entry:
     """The entry for `name`, with a one-line error listing the alternatives."""
-    _load(group)
+    if name not in _REGISTRY.get(group, {}):
+        _load_one(group, name)
+    if name not in _REGISTRY.get(group, {}):
+        _load(group)
     try:
         return _REGISTRY[group][name]
     except KeyError:

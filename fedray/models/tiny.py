@@ -105,7 +105,8 @@ def save_tiny_classifier(path: str | Path) -> str:
 
 
 # LLaMA-style sizes by name: (hidden, intermediate, layers, heads, vocab). "1b" is TinyLlama's
-# shape (1.10B parameters); "300m" is 1.29 GB in float32; "tiny" costs nothing to load.
+# widths and depth with full multi-head attention (1.26B parameters; TinyLlama's grouped-query
+# attention makes it 1.10B); "300m" is 1.29 GB in float32; "tiny" costs nothing to load.
 LLAMA_SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "tiny": (64, 176, 2, 4, 1024),
     "300m": (1024, 2816, 20, 16, 32000),
