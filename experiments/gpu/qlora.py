@@ -3,8 +3,9 @@
 Three measurements, one JSON file (no Ray: the GPU machine has none; fedray's plain-torch
 client trainer and loader do the work):
 
-1. `build`: a LLaMA-style causal LM of TinyLlama's widths and depth (1.26B parameters, built from a config
-   with random weights, no hub), saved in bfloat16 and loaded by path as users' models are.
+1. `build`: a LLaMA-style causal LM of TinyLlama's widths and depth (1.26B parameters, built
+   from a config with random weights, no hub), saved in bfloat16 and loaded by path as users'
+   models are.
 2. `throughput`: fedray's `Trainer` on that model with `model.quantize=4bit` (QLoRA: NF4, double
    quantization, bf16 compute), LoRA r=8 on q/k/v/o: samples/s and peak device memory, plain
    (with and without gradient checkpointing) and with opacus DP-SGD (per-sample gradients of
