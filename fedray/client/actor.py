@@ -86,16 +86,30 @@ def _libc() -> Any:
 _LIBC = _libc()
 
 
-def release_heap() -> None:
-    """Return the heap memory freed by the last job (activations, logits) to the OS.
+class HeapTrimmer:
+    """Returns the heap memory freed by the last jobs (activations, logits) to the OS, spending
+    at most `share` of the actor's time on it.
 
     glibc keeps freed chunks (its mmap threshold grows with the largest freed block, up to
     32 MB), so after a training step of a large model an idle actor would hold ~150 MB of
-    freed activations (1.3 GB LLaMA-style model, batch 2 x 32 tokens; RESULTS.md in
-    experiments/large). `malloc_trim(0)` gives them back; it takes well under a millisecond.
+    freed activations (1.3 GB LLaMA-style model, batch 2 x 32 tokens; experiments/large).
+    `malloc_trim(0)` gives them back, but it walks the whole heap: 12-34 ms per call with
+    MiniLM loaded. After every one of W2's 50 one-step jobs a round, fedray's round took 1.135x
+    the plain loop's; throttled like this, 1.080x (one side-by-side run each). A call is made
+    only once the time since the last one is at least 1 / `share` times what that one took:
+    after every job of a large model, every few seconds for small jobs.
     """
-    if _LIBC is not None:
+
+    def __init__(self, share: float = 0.01) -> None:
+        self.share = share
+        self.next_at = 0.0
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if _LIBC is None or now < self.next_at:
+            return
         _LIBC.malloc_trim(0)
+        self.next_at = now + (time.perf_counter() - now) / self.share
 
 
 def _get(ref: Any) -> Any:
@@ -174,6 +188,7 @@ class ClientWorker:
         self.node = _node_id()
         self.sessions: dict[int, dict[str, Any]] = {}  # client id -> session, this round only
         self.session_round = -1
+        self.trim_heap = HeapTrimmer()
 
     def ready(self) -> dict[str, Any]:
         """Where this actor runs (pid, device, the GPUs Ray pinned it to) and the size of its
@@ -335,7 +350,7 @@ class ClientWorker:
         metrics = result.metrics
         if not self.pipeline.mechanism.reveals_client_metrics:  # e.g. DP: the loss stays here
             metrics = {k: metrics[k] for k in ("compute_s", "delay_s") if k in metrics}
-        release_heap()
+        self.trim_heap()
         return Update(
             client_id=job.client_id,
             num_samples=result.num_samples,
@@ -355,7 +370,7 @@ class ClientWorker:
             return []
         self.trainer.set_state(self._arch_state(global_state, self.primary))
         sums = self.trainer.eval_sums(self.data.test, self.eval_batch_size, start, stop)
-        release_heap()
+        self.trim_heap()
         return sums
 
     def export(self, global_state: State) -> dict[str, bytes]:
@@ -375,7 +390,7 @@ class ClientWorker:
         out = distill(
             self.trainers, self._public, student, teachers, options, seed, self.eval_batch_size
         )
-        release_heap()
+        self.trim_heap()
         return out
 
     @property
