@@ -33,6 +33,7 @@ class PoolExecutor:
         self.protocol = protocol
         self.broadcasts: dict[int, Broadcast] = {}  # versions some job started from
         self.inflight: Counter[int] = Counter()
+        self.screening: list[int] = []  # versions of the outcomes the loop is handling
         self.calls = 0
         self.sends: list[Sent] = []  # what each call of the period received
 
@@ -51,9 +52,12 @@ class PoolExecutor:
         p.pool.submit(job, call, actor=slot, timeout_s=p.spec.mode.client_timeout_s)
 
     def wait(self) -> list[tuple[Job, Update | None, str | None]]:
+        # The loop screens every outcome of one wait (and may submit, which prunes broadcasts)
+        # before it waits again: the versions of the last batch are released only now.
+        for version in self.screening:
+            self.inflight[version] -= 1
         outcomes = self.protocol.pool.poll()
-        for o in outcomes:  # the broadcast stays until the next submit: screening reads it
-            self.inflight[o.job.version] -= 1
+        self.screening = [o.job.version for o in outcomes]
         return [(o.job, o.value if o.error is None else None, o.error) for o in outcomes]
 
 
