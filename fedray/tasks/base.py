@@ -78,6 +78,24 @@ def add_sums(parts: list[list[dict[str, float]]]) -> dict[str, float]:
     return totals
 
 
+def label_sums(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Per-batch sums of a classifier's evaluation: summed cross-entropy, correct, count."""
+    import torch.nn.functional as F
+
+    return {
+        "loss_sum": F.cross_entropy(logits, labels, reduction="sum").item(),
+        "correct": int((logits.argmax(-1) == labels).sum()),
+        "count": labels.numel(),
+    }
+
+
+def label_metrics(totals: dict[str, float]) -> dict[str, float]:
+    """Accuracy and mean loss from the totals of :func:`label_sums`."""
+    count = max(totals.get("count", 0), 1)
+    correct, loss_sum = totals.get("correct", 0), totals.get("loss_sum", 0.0)
+    return {"accuracy": correct / count, "loss": loss_sum / count}
+
+
 def shard_rows(n: int, batch_size: int, shard: int, shards: int) -> tuple[int, int]:
     """Rows [start, stop) of shard `shard` of `shards`: contiguous whole batches, balanced.
 

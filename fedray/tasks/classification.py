@@ -13,7 +13,7 @@ from fedray.core.config import ModelConfig
 from fedray.core.registry import register
 from fedray.data.base import EncodedData, FederatedData
 from fedray.tasks._text import encode_text, token_inputs
-from fedray.tasks.base import Batch, Objective
+from fedray.tasks.base import Batch, Objective, label_metrics, label_sums
 
 
 @dataclass
@@ -47,17 +47,7 @@ class Classification:
         return model(**token_inputs(batch), labels=batch["labels"]).loss
 
     def eval_batch(self, model: Any, batch: Batch) -> dict[str, float]:
-        import torch.nn.functional as F
-
-        logits = model(**token_inputs(batch)).logits.float()
-        labels = batch["labels"]
-        return {
-            "loss_sum": F.cross_entropy(logits, labels, reduction="sum").item(),
-            "correct": int((logits.argmax(-1) == labels).sum()),
-            "count": labels.numel(),
-        }
+        return label_sums(model(**token_inputs(batch)).logits.float(), batch["labels"])
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
-        count = max(totals.get("count", 0), 1)
-        correct, loss_sum = totals.get("correct", 0), totals.get("loss_sum", 0.0)
-        return {"accuracy": correct / count, "loss": loss_sum / count}
+        return label_metrics(totals)

@@ -21,7 +21,7 @@ from fedray.core.config import ModelConfig
 from fedray.core.errors import DataError
 from fedray.core.registry import register
 from fedray.data.base import EncodedData, FederatedData
-from fedray.tasks.base import Batch, Objective, client_rows
+from fedray.tasks.base import Batch, Objective, client_rows, label_metrics, label_sums
 
 
 @dataclass
@@ -118,17 +118,7 @@ class ImageClassification:
         return F.cross_entropy(logits.float(), batch["labels"])
 
     def eval_batch(self, model: Any, batch: Batch) -> dict[str, float]:
-        import torch.nn.functional as F
-
-        logits = model(pixel_values=batch["pixel_values"]).logits.float()
-        labels = batch["labels"]
-        return {
-            "loss_sum": F.cross_entropy(logits, labels, reduction="sum").item(),
-            "correct": int((logits.argmax(-1) == labels).sum()),
-            "count": labels.numel(),
-        }
+        return label_sums(model(pixel_values=batch["pixel_values"]).logits.float(), batch["labels"])
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
-        count = max(totals.get("count", 0), 1)
-        correct, loss_sum = totals.get("correct", 0), totals.get("loss_sum", 0.0)
-        return {"accuracy": correct / count, "loss": loss_sum / count}
+        return label_metrics(totals)

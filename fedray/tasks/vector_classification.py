@@ -15,7 +15,7 @@ from fedray.core.config import ModelConfig
 from fedray.core.errors import DataError, ModelError
 from fedray.core.registry import register
 from fedray.data.base import EncodedData, FederatedData
-from fedray.tasks.base import Batch, Objective, client_rows
+from fedray.tasks.base import Batch, Objective, client_rows, label_metrics, label_sums
 
 
 @dataclass
@@ -70,17 +70,7 @@ class VectorClassification:
         return F.cross_entropy(model(batch["x"]), batch["labels"])
 
     def eval_batch(self, model: Any, batch: Batch) -> dict[str, float]:
-        import torch.nn.functional as F
-
-        logits = model(batch["x"]).float()
-        labels = batch["labels"]
-        return {
-            "loss_sum": F.cross_entropy(logits, labels, reduction="sum").item(),
-            "correct": int((logits.argmax(-1) == labels).sum()),
-            "count": labels.numel(),
-        }
+        return label_sums(model(batch["x"]).float(), batch["labels"])
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
-        count = max(totals.get("count", 0), 1)
-        correct, loss_sum = totals.get("correct", 0), totals.get("loss_sum", 0.0)
-        return {"accuracy": correct / count, "loss": loss_sum / count}
+        return label_metrics(totals)
