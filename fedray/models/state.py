@@ -121,6 +121,19 @@ def _as_tensors(state: State) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
 
 
+def _copy_into(targets: dict[str, torch.Tensor], tensors: dict, *, consume: bool) -> None:
+    """Copy `tensors[k]` into each target in place (dropping it from `tensors` if `consume`);
+    a shape that differs is a one-line ModelError."""
+    with torch.no_grad():
+        for k, t in targets.items():
+            if tensors[k].shape != t.shape:
+                raise ModelError(
+                    f"trainable state does not fit the model: {k} has shape "
+                    f"{tuple(tensors[k].shape)}, the model's is {tuple(t.shape)}"
+                )
+            t.copy_(tensors.pop(k) if consume else tensors[k])
+
+
 def set_trainable_state(model: torch.nn.Module, state: State) -> None:
     """Load a state from :func:`get_trainable_state` (same keys and shapes) into the model."""
     expected = state_keys(model)
@@ -131,26 +144,10 @@ def set_trainable_state(model: torch.nn.Module, state: State) -> None:
             f"({len(missing)}), unexpected {extra[:3]} ({len(extra)}); same model/finetune config?"
         )
     tensors = _as_tensors(state)
-    extra = _EXTRA.get(model, {})
-    if extra:
-        with torch.no_grad():
-            for k, t in extra.items():
-                if tensors[k].shape != t.shape:
-                    raise ModelError(
-                        f"trainable state does not fit the model: {k} has shape "
-                        f"{tuple(tensors[k].shape)}, the model's is {tuple(t.shape)}"
-                    )
-                t.copy_(tensors.pop(k))
+    _copy_into(_EXTRA.get(model, {}), tensors, consume=True)  # attached: not peft's to load
     direct = _direct(model)
     if direct is not None:
-        with torch.no_grad():
-            for k, p in direct.items():
-                if tensors[k].shape != p.shape:
-                    raise ModelError(
-                        f"trainable state does not fit the model: {k} has shape "
-                        f"{tuple(tensors[k].shape)}, the model's is {tuple(p.shape)}"
-                    )
-                p.copy_(tensors[k])
+        _copy_into(direct, tensors, consume=False)
         return
     try:
         if is_peft(model):
