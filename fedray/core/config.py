@@ -15,252 +15,44 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from fedray.core import registry
+from fedray.core.config_data import (
+    DataConfig,
+    PartitionConfig,
+    RatingsConfig,
+    SyntheticConfig,
+)
+from fedray.core.config_model import (
+    ClientGroupConfig,
+    LoraConfig,
+    ModelConfig,
+    model_task_problem,
+    parse_arch,
+)
 from fedray.core.errors import ConfigError
 
+__all__ = [
+    "OPTIMIZERS",
+    "AttackConfig",
+    "ClientConfig",
+    "ClientGroupConfig",
+    "ClusterConfig",
+    "DataConfig",
+    "FaultsConfig",
+    "FedrayConfig",
+    "LoraConfig",
+    "ModeConfig",
+    "ModelConfig",
+    "PartitionConfig",
+    "RatingsConfig",
+    "SiloConfig",
+    "SpeedConfig",
+    "SyntheticConfig",
+    "TrackingConfig",
+    "model_task_problem",
+    "parse_arch",
+]
 
-@dataclass
-class SyntheticConfig:
-    """`data=synthetic`: Synthetic(alpha, beta) of Li et al. (2020), after Shamir et al. (2014).
-
-    Device k draws u_k ~ N(0, alpha), W_k ~ N(u_k, 1) (dim x classes), b_k ~ N(u_k, 1),
-    B_k ~ N(0, beta), v_k ~ N(B_k, 1) (dim); its samples x ~ N(v_k, diag(j^-1.2)),
-    y = argmax(x W_k + b_k). Sizes are lognormal(4, 2) + 50 (power-law skew).
-    """
-
-    alpha: float = field(
-        default=1.0,
-        metadata={"help": "Spread of the devices' model means u_k (cannot change a label)."},
-    )
-    beta: float = field(default=1.0, metadata={"help": "Spread of the devices' feature means."})
-    iid: bool = field(
-        default=False,
-        metadata={"help": "One shared W, b, and v_k = B_k * ones (the paper's Synthetic-IID)."},
-    )
-    devices: int = field(default=30, metadata={"help": "Devices (natural clients)."})
-    dim: int = field(default=60, metadata={"help": "Feature dimension."})
-    classes: int = field(default=10, metadata={"help": "Number of classes."})
-    seed: int = field(
-        default=0,
-        metadata={"help": "Seed of the generator (fixed across run seeds, as in the paper)."},
-    )
-
-    def __post_init__(self) -> None:
-        for key, ok in (
-            ("alpha", self.alpha >= 0),
-            ("beta", self.beta >= 0),
-            ("devices", self.devices >= 1),
-            ("dim", self.dim >= 1),
-            ("classes", self.classes >= 2),
-        ):
-            if not ok:
-                value = getattr(self, key)
-                raise ConfigError(f"data.synthetic.{key}={value} is out of range; see its help")
-
-
-@dataclass
-class RatingsConfig:
-    """`data=movielens`: explicit ratings, one client per user, leave-one-out test set."""
-
-    min_item_ratings: int = field(
-        default=5,
-        metadata={
-            "help": "Drop items with fewer ratings (before the split): ml-latest-small has "
-            "9,066 items, 3,496 with >= 5 ratings."
-        },
-    )
-    user_column: str = field(default="userId", metadata={"help": "Column of user ids."})
-    item_column: str = field(default="movieId", metadata={"help": "Column of item ids."})
-    rating_column: str = field(default="rating", metadata={"help": "Column of ratings."})
-    time_column: str = field(
-        default="timestamp", metadata={"help": "Column ordering a user's ratings (latest: test)."}
-    )
-
-    def __post_init__(self) -> None:
-        if self.min_item_ratings < 1:
-            raise ConfigError(f"data.ratings.min_item_ratings={self.min_item_ratings} must be >= 1")
-
-
-@dataclass
-class DataConfig:
-    """Where samples come from and how the held-out test set is cut."""
-
-    name: str = field(
-        default="shakespeare",
-        metadata={
-            "help": "Source: shakespeare | shakespeare_lm | hf (hub dataset) | files | digits | "
-            "image_folder | synthetic | movielens."
-        },
-    )
-    path: str | None = field(
-        default=None, metadata={"help": "HF dataset name (name=hf) or a local file/glob (files)."}
-    )
-    subset: str | None = field(default=None, metadata={"help": "HF dataset configuration name."})
-    split: str = field(default="train", metadata={"help": "Split to read (name=hf)."})
-    test_split: str | None = field(
-        default=None, metadata={"help": "Separate test split; null: hold out test_fraction."}
-    )
-    text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
-    label_column: str | None = field(
-        default="label", metadata={"help": "Column holding the class label; null for LM data."}
-    )
-    id_column: str | None = field(
-        default=None, metadata={"help": "Column naming each sample's natural owner (speaker...)."}
-    )
-    task: str = field(
-        default="classification",
-        metadata={
-            "help": "Task plugin: classification | causal_lm | image_classification | "
-            "vector_classification | recommendation."
-        },
-    )
-    test_fraction: float = field(
-        default=0.15, metadata={"help": "Fraction held out per class for the test set."}
-    )
-    max_test: int = field(default=600, metadata={"help": "Cap on test samples (0: no cap)."})
-    min_words: int = field(default=8, metadata={"help": "Drop samples with fewer words."})
-    max_length: int = field(default=64, metadata={"help": "Tokens per sample after truncation."})
-    image_column: str | None = field(
-        default=None,
-        metadata={
-            "help": "files/hf: column holding images (file paths, encoded bytes or HF Image "
-            "values) instead of text; for data.task=image_classification."
-        },
-    )
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    ratings: RatingsConfig = field(default_factory=RatingsConfig)
-
-
-@dataclass
-class PartitionConfig:
-    """How the training pool is split across virtual clients."""
-
-    name: str = field(
-        default="dirichlet", metadata={"help": "iid | dirichlet | shard | natural | quantity."}
-    )
-    num_clients: int = field(default=20, metadata={"help": "Virtual clients (natural: max)."})
-    alpha: float = field(
-        default=0.5, metadata={"help": "Dirichlet concentration; smaller = more label skew."}
-    )
-    classes_per_client: int = field(default=2, metadata={"help": "shard: classes per client."})
-    power: float = field(
-        default=1.5, metadata={"help": "quantity: power-law exponent of client sizes."}
-    )
-    max_samples_per_client: int = field(
-        default=0, metadata={"help": "Keep at most this many samples per client (0: all)."}
-    )
-    min_samples_per_client: int = field(
-        default=1, metadata={"help": "Drop (natural) or reject partitions below this size."}
-    )
-
-
-@dataclass
-class LoraConfig:
-    """peft LoRA settings; see peft.LoraConfig."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    modules_to_save: list[str] | None = None
-    layers: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "Adapt only these layer indices (null: all). Top layers only = a "
-            "shorter backward pass."
-        },
-    )
-
-
-@dataclass
-class ClientGroupConfig:
-    """A share of the clients that differ from the rest in LoRA rank, tuned layers or
-    architecture (HetLoRA, FedDF). Unset fields take the model's own values."""
-
-    name: str = field(default="", metadata={"help": "Name shown in metrics; default group<i>."})
-    share: float = field(
-        default=1.0, metadata={"help": "Fraction of the clients in this group (shares sum to 1)."}
-    )
-    r: int | None = field(default=None, metadata={"help": "LoRA rank (null: model.lora.r)."})
-    layers: list[int] | None = field(
-        default=None,
-        metadata={"help": "Layer indices whose adapters this group tunes (null: model.lora's)."},
-    )
-    num_layers: int | None = field(
-        default=None,
-        metadata={
-            "help": "Architecture: keep only the first num_layers transformer layers of the "
-            "base (null: all). Groups with different values are different models (FedDF)."
-        },
-    )
-
-
-@dataclass
-class ModelConfig:
-    """Which pretrained model is fine-tuned, and how."""
-
-    name_or_path: str = field(
-        default="builtin:minilm",
-        metadata={"help": "HF hub name, local directory, or builtin:minilm (offline MiniLM)."},
-    )
-    finetune: str = field(default="lora", metadata={"help": "lora | full."})
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "Storage dtype of the frozen base on CPU and GPU: float32 | bfloat16 | "
-            "float16. Trainable parameters stay float32; other than float32, forward and "
-            "backward run under autocast in this dtype."
-        },
-    )
-    num_layers: int | None = field(
-        default=None,
-        metadata={"help": "Keep only the first num_layers transformer layers (null: all)."},
-    )
-    quantize: str = field(
-        default="none",
-        metadata={
-            "help": "none | 8bit | 4bit: load the base through bitsandbytes (4bit: QLoRA, NF4 "
-            "with double quantization, compute in model.dtype); CUDA only, LoRA only."
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "Recompute activations in the backward pass: less memory, ~30% slower."},
-    )
-    shared_base: bool = field(
-        default=True,
-        metadata={
-            "help": "LoRA: the frozen base is loaded once and every client actor of a node "
-            "maps it read-only from Ray's object store (false: each actor loads its own)."
-        },
-    )
-    groups: list[ClientGroupConfig] = field(
-        default_factory=list,
-        metadata={
-            "help": "Client groups with their own LoRA rank, tuned layers or architecture "
-            "(empty: all clients alike). Needs an algorithm that reads groups: hetlora, feddf."
-        },
-    )
-    arch: Any = field(
-        default_factory=lambda: {"name": "hf"},
-        metadata={
-            "help": "Architecture node {name: ..., options}: hf (a Hugging Face checkpoint at "
-            "name_or_path) | vit | mf | ncf | logreg; one module each in fedray/models/archs."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        arch = parse_arch(self.arch)  # a bad node is a ConfigError while the config is typed
-        check_against = getattr(arch, "check_against", None)
-        if check_against is not None and (problem := check_against(self)):
-            raise ConfigError(f"model.{problem}")
-
-    @property
-    def architecture(self) -> Any:
-        """`arch` as its registered options dataclass (kept as a plain node in the config, so
-        that Hydra can merge another architecture's options into it)."""
-        return parse_arch(self.arch)
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -531,37 +323,3 @@ class FedrayConfig:
     def __post_init__(self) -> None:
         if problem := model_task_problem(self.model, str(self.data.task)):
             raise ConfigError(problem)
-
-
-OPTIMIZERS = ("adamw", "sgd")
-
-
-def parse_arch(node: Any) -> Any:
-    """A `model.arch` node as its registered options dataclass; ConfigError naming the key."""
-    if not isinstance(node, dict) and not hasattr(node, "keys"):
-        return node  # already typed
-    try:
-        return registry.parse("arch", node)
-    except ConfigError as exc:
-        raise ConfigError(f"model.{exc}") from None
-
-
-def model_task_problem(model: ModelConfig, task: str) -> str | None:
-    """One line when `model.arch` cannot build the model `data.task` needs, else None.
-
-    A task names the kind of model it trains (`Task.model_kind`); an architecture lists the
-    kinds it builds (`kinds` of its factory). An unknown task is left to the spec's own check.
-    """
-    try:
-        kind = registry.entry("task", task).factory.model_kind
-    except ConfigError:
-        return None
-    arch = model.architecture
-    kinds = registry.entry("arch", arch.name).factory.kinds
-    if kind in kinds:
-        return None
-    fits = [n for n in registry.names("arch") if kind in registry.entry("arch", n).factory.kinds]
-    return (
-        f"model.arch={arch.name} builds models of kind {', '.join(kinds)}, but data.task={task} "
-        f"trains one of kind {kind}; pick a model whose arch builds it ({', '.join(fits)})"
-    )
