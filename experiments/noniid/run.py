@@ -101,7 +101,8 @@ STUDIES: dict[str, Study] = {
     ),
     "digits": Study(
         title="ViT on scikit-learn's digits under label skew",
-        base=["experiment=digits"],
+        # 30 rounds, half the preset's 60: the budget the 3-seed table was run with (2026-11-30)
+        base=["experiment=digits", "mode.rounds=30"],
         settings={
             "dirichlet(0.1)": ["partition.alpha=0.1"],
             "dirichlet(0.5)": ["partition.alpha=0.5"],
