@@ -20,114 +20,29 @@ each trial a child run tagged with its parameters and its Optuna state.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fedray.app.console import VerbParser, fail
-from fedray.app.space import Axis, Space
+from fedray.app.space import Space
+from fedray.app.tune_study import close_study, open_study, parent_run, print_table
+from fedray.app.tune_types import (
+    INTERRUPTED,
+    StudyResult,
+    TrialRecord,
+    TuneOptions,
+    distribution,
+    override_value,
+)
 from fedray.core.errors import ConfigError, FedrayError
 
-INTERRUPTED = "fedray_interrupted"  # user attr of a trial a killed session left RUNNING
 # Runs one trial: (overrides, run_dir, run_name, tags, on_round) -> (objective, rounds run, stop).
 Runner = Callable[[list[str], Path, str, dict[str, str], Any], tuple[float, int, str | None]]
-
-
-@dataclass
-class TuneOptions:
-    """What `fedray tune` was asked for (its flags)."""
-
-    trials: int = 8
-    concurrency: int = 2
-    pruner: str = "median"
-    startup_trials: int = 2
-    warmup_rounds: int = 1
-    study: str | None = None
-    dir: str | None = None
-    seed: int | None = None
-
-    def check(self) -> None:
-        if self.trials < 1:
-            raise ConfigError(f"--trials={self.trials} must be >= 1")
-        if self.concurrency < 1:
-            raise ConfigError(f"--concurrency={self.concurrency} must be >= 1")
-        if self.pruner not in ("median", "none"):
-            raise ConfigError(f"--pruner={self.pruner!r}: use median or none")
-        if self.startup_trials < 0 or self.warmup_rounds < 0:
-            raise ConfigError("--startup-trials and --warmup-rounds must be >= 0")
-
-
-@dataclass
-class TrialRecord:
-    """One trial as the study ended it."""
-
-    number: int
-    params: dict[str, Any]
-    state: str  # COMPLETE | PRUNED | FAIL
-    value: float
-    rounds_run: int
-    started: float
-    ended: float
-    error: str = ""
-
-
-@dataclass
-class StudyResult:
-    """The trials this session ran, and what pruning saved."""
-
-    direction: str
-    rounds: int  # rounds a full trial runs
-    trials: list[TrialRecord] = field(default_factory=list)
-
-    @property
-    def rounds_run(self) -> int:
-        return sum(t.rounds_run for t in self.trials)
-
-    @property
-    def rounds_saved(self) -> int:
-        """Rounds pruned trials did not run (a full trial runs `rounds`)."""
-        return sum(self.rounds - t.rounds_run for t in self.trials if t.state == "PRUNED")
-
-
-def distribution(axis: Axis) -> Any:
-    """The Optuna distribution of an axis (Float/IntDistribution on Optuna >= 3, else 2.x's)."""
-    import optuna.distributions as d
-
-    if not axis.is_interval and (axis.step is None or len(axis.values) < 2):
-        return d.CategoricalDistribution(list(axis.values))
-    if axis.is_interval:
-        assert axis.low is not None and axis.high is not None
-        low, high, step = axis.low, axis.high, None
-        integer = axis.integer
-    else:  # range(start, stop, step): a stepped grid
-        low, high, step = float(axis.values[0]), float(axis.values[-1]), float(axis.step or 1)
-        integer = all(v.lstrip("-").isdigit() for v in axis.values)
-    if hasattr(d, "FloatDistribution"):  # Optuna >= 3
-        if integer:
-            return d.IntDistribution(int(low), int(high), log=axis.log, step=int(step or 1))
-        return d.FloatDistribution(float(low), float(high), log=axis.log, step=step)
-    if integer:
-        if axis.log:
-            return d.IntLogUniformDistribution(int(low), int(high))
-        return d.IntUniformDistribution(int(low), int(high), step=int(step or 1))
-    if axis.log:
-        return d.LogUniformDistribution(float(low), float(high))
-    if step is not None:
-        return d.DiscreteUniformDistribution(float(low), float(high), step)
-    return d.UniformDistribution(float(low), float(high))
-
-
-def override_value(value: Any) -> str:
-    """A sampled value as a Hydra override value."""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def trial_resources(cpus: float, gpus: float, concurrency: int, client: Any) -> list[str]:
@@ -370,7 +285,7 @@ def tune(options: TuneOptions, overrides: list[str], out: Callable[[str], None] 
         )
         out(f"tune: each trial gets {' '.join(per_trial)} (cluster: {res.get('CPU', 0):g} CPUs)")
         study = open_study(options, name, study_dir, objective.direction, spec.seed)
-        parent = _parent_run(spec, study_dir, name, space, options)
+        parent = parent_run(spec, study_dir, name, space, options)
         tags = {"mlflow.parentRunId": parent.run_id} if parent.run_id else {}
         tags["fedray.tune_study"] = name
 
@@ -405,119 +320,9 @@ def tune(options: TuneOptions, overrides: list[str], out: Callable[[str], None] 
         except BaseException as exc:
             parent.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
-        _close(parent, result, study, objective.key)
-    _print_table(result, objective.key, out)
+        close_study(parent, result, study, objective.key)
+    print_table(result, objective.key, out)
     return result
-
-
-def open_study(options: TuneOptions, name: str, study_dir: Path, direction: str, seed: int):
-    """The study at `<study_dir>/optuna.db` (created or resumed), TPE seeded, median pruner."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from fedray.app.optuna_storage import rdb_storage
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = rdb_storage(f"sqlite:///{study_dir}/optuna.db")
-    sampler = optuna.samplers.TPESampler(seed=options.seed if options.seed is not None else seed)
-    pruner: Any = optuna.pruners.NopPruner()
-    if options.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(
-            n_startup_trials=options.startup_trials, n_warmup_steps=options.warmup_rounds
-        )
-    try:
-        study = optuna.create_study(
-            study_name=name,
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner,
-            direction=direction,
-            load_if_exists=True,
-        )
-    except ValueError:  # optuna refuses to load a study under another direction
-        study = optuna.load_study(study_name=name, storage=storage)
-    if study.direction.name.lower() != direction:
-        raise ConfigError(
-            f"the study {name!r} in {study_dir} was created to {study.direction.name.lower()}, "
-            f"this task's objective is to {direction}; use another --study or --dir"
-        )
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # an interrupted session's trial: failed, not counted, and its parameters run first
-        optuna.trial.Trial(study, stale._trial_id).set_user_attr(INTERRUPTED, True)
-        study.tell(stale.number, state=TrialState.FAIL)
-        study.enqueue_trial(dict(stale.params))
-    return study
-
-
-def _parent_run(spec: Any, study_dir: Path, name: str, space: Space, options: TuneOptions):
-    """The study's MLflow parent run: resumed from `<dir>/fedray_tune.json`, else created."""
-    import os
-
-    from fedray.tracking.tracker import Tracker
-
-    study_dir.mkdir(parents=True, exist_ok=True)
-    info_file = study_dir / "fedray_tune.json"
-    info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    tracker = Tracker(spec.tracking, os.getcwd())
-    tags = {
-        "fedray.sweep_axes": ",".join(space.axes),
-        "fedray.sweeper": "fedray tune",
-        "fedray.tune_study": name,
-        "fedray.sweep_dir": str(study_dir),
-    }
-    previous = info.get("parent_run_id") if info.get("tracking_uri") == tracker.uri else None
-    tracker.start(run_name=f"{name}-tune", tags=tags if not previous else None, run_id=previous)
-    if not previous:
-        tracker.log_params(
-            {
-                "trials": options.trials,
-                "concurrency": options.concurrency,
-                "pruner": options.pruner,
-                "startup_trials": options.startup_trials,
-                "warmup_rounds": options.warmup_rounds,
-            }
-        )
-    info_file.write_text(json.dumps({"parent_run_id": tracker.run_id, "tracking_uri": tracker.uri}))
-    return tracker
-
-
-def _close(parent: Any, result: StudyResult, study: Any, key: str) -> None:
-    from fedray.app.sweep import JobRecord, SweepState, close_parent
-
-    if not parent.active:
-        return
-    state = SweepState(parent_run_id=parent.run_id)
-    state.axes = sorted({k for t in result.trials for k in t.params})
-    state.jobs = [JobRecord(t.number, [], t.state != "FAIL", t.error) for t in result.trials]
-    metrics = {
-        "rounds_run": float(result.rounds_run),
-        "rounds_saved": float(result.rounds_saved),
-        "trials_pruned": float(sum(t.state == "PRUNED" for t in result.trials)),
-    }
-    try:
-        best = study.best_trial
-        metrics[f"best_{key}"] = float(best.value)
-        parent.set_tags(
-            {"fedray.best_trial": str(best.number), "fedray.best_params": json.dumps(best.params)}
-        )
-    except ValueError:  # no completed trial yet
-        pass
-    close_parent(parent, state, metrics)
-
-
-def _print_table(result: StudyResult, key: str, out: Callable[[str], None]) -> None:
-    keys = sorted({k for t in result.trials for k in t.params})
-    out(f"{'trial':>6} {'state':>9} {'rounds':>7} {key:>14}  " + "  ".join(keys))
-    for t in result.trials:
-        value = "-" if math.isnan(t.value) else f"{t.value:.4f}"
-        params = "  ".join(override_value(t.params.get(k, "")) for k in keys)
-        out(f"{t.number:>6} {t.state:>9} {t.rounds_run:>7} {value:>14}  {params}")
-    pruned = sum(t.state == "PRUNED" for t in result.trials)
-    full = result.rounds * len(result.trials)
-    out(
-        f"tune: {len(result.trials)} trials ({pruned} pruned) ran {result.rounds_run} of "
-        f"{full} rounds; pruning saved {result.rounds_saved} rounds"
-    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from fedray.app.space import parse_space
-from fedray.app.tune import TuneOptions, open_study, run_study, trial_resources
+from fedray.app.tune import run_study, trial_resources
+from fedray.app.tune_study import open_study
+from fedray.app.tune_types import TuneOptions
 from fedray.core.errors import ConfigError
 
 ROUNDS = 5
@@ -158,7 +160,7 @@ def test_trial_resources_refuse_a_share_too_small() -> None:
     ],
 )
 def test_axes_become_optuna_distributions(override, low, high, log, kind) -> None:
-    from fedray.app.tune import distribution
+    from fedray.app.tune_types import distribution
 
     [axis] = parse_space([override]).axes.values()
     dist = distribution(axis)
@@ -168,7 +170,7 @@ def test_axes_become_optuna_distributions(override, low, high, log, kind) -> Non
 
 
 def test_choice_axis_is_categorical_and_space_errors_are_one_line() -> None:
-    from fedray.app.tune import distribution
+    from fedray.app.tune_types import distribution
 
     [axis] = parse_space(["partition.alpha=0.1,1.0"]).axes.values()
     assert list(distribution(axis).choices) == ["0.1", "1.0"]
