@@ -120,7 +120,8 @@ def summary(history: list[dict]) -> dict[str, float]:
 
 
 def _row(name: str, s: dict, cols: list[str]) -> str:
-    evals = " / ".join(f"{v:.3f}" for _, v in sorted(s["evals"].items()))
+    # by round: a run read back from its JSON file has the rounds as string keys
+    evals = " / ".join(f"{v:.3f}" for _, v in sorted(s["evals"].items(), key=lambda e: int(e[0])))
     cells = {
         "acc": f"{s['final_accuracy']:.4f}",
         "evals": evals,
@@ -137,7 +138,7 @@ def _row(name: str, s: dict, cols: list[str]) -> str:
 
 HEADERS = {
     "acc": "final accuracy",
-    "evals": "accuracy at each evaluation",
+    "evals": "accuracy at each evaluation (in round order)",
     "up": "MB up / round",
     "down": "MB down / round",
     "total": "MB total (all rounds)",
