@@ -466,7 +466,7 @@ def main() -> None:
         "--report-only", action="store_true", help="only rebuild the report from the store"
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # overrides may follow the options
     study = STUDIES[args.study]
     for key, chosen, known in (
         ("--settings", args.settings, study.settings),
