@@ -260,35 +260,31 @@ def main() -> None:
         ),
     ]
     rows: list[Row] = []
-    eps8_clip = CLIP
     client = MlflowClient(uri)
     with ray_session(base.cluster):
         for name, mech, target, overrides in plan:
-            if mech == "ddp":
-                overrides = [*overrides, f"privacy.clip_norm={eps8_clip:.6g}"]
+            ddp_clip = math.nan
+            if mech == "ddp":  # the clip the dp_fedavg eps=8 row ended at (it runs earlier)
+                ddp_clip = next(r.clip for r in rows if r.name == "dp_fedavg eps=8")
+                overrides = [*overrides, f"privacy.clip_norm={ddp_clip:.6g}"]
+            full = [*common, *overrides]
             slug = name.replace(" ", "_").replace("=", "")
             saved = out / "rows" / f"{slug}.json"
-            if saved.is_file() and (done := json.loads(saved.read_text()))["overrides"] == [
-                *common,
-                *overrides,
-            ]:  # finished by an earlier invocation of the same command: resume after it
-                rows.append(Row(**done["row"]))
-                eps8_clip = rows[-1].clip if name == "dp_fedavg eps=8" else eps8_clip
+            if saved.is_file() and (done := json.loads(saved.read_text()))["overrides"] == full:
+                rows.append(Row(**done["row"]))  # finished by an earlier invocation: resume
                 print(f"== {name}: done earlier ({saved})", flush=True)
                 continue
             print(f"== {name}", flush=True)
             start, load = time.perf_counter(), os.getloadavg()[0]
             result = run_experiment(
-                compose([*common, *overrides]),
+                compose(full),
                 out / "runs" / slug,
                 cwd=out,
                 run_name=name,
                 tags={"study": "privacy-utility", "privacy": mech},
             )
             last = result.history[-1]
-            clip = eps8_clip if mech == "ddp" else float(last.get("clip", math.nan))
-            if name == "dp_fedavg eps=8":
-                eps8_clip = clip
+            clip = ddp_clip if mech == "ddp" else float(last.get("clip", math.nan))
             eps = float(last.get("epsilon", math.inf)) if mech != "none" else math.inf
             row = Row(
                 name,
@@ -306,7 +302,7 @@ def main() -> None:
             )
             rows.append(row)
             saved.parent.mkdir(exist_ok=True)
-            saved.write_text(json.dumps({"overrides": [*common, *overrides], "row": asdict(row)}))
+            saved.write_text(json.dumps({"overrides": full, "row": asdict(row)}))
             if result.run_id:
                 client.log_metric(result.run_id, "final_accuracy", result.metric)
             print(table([row]).splitlines()[-1], flush=True)
