@@ -1,8 +1,11 @@
 """Personalized client rules: FedPer (local layers) and Ditto (a personal model per client).
 
 Both evaluate the client's personalized model on a seeded hold-out of the client's own samples
-right after local training and report the task's metrics as ``personal_<metric>``; the driver
-averages them over the round's clients (``eval_personal_accuracy``, ...). The hold-out exists only
+right after local training and report the task's metrics as ``personal_<metric>`` with the
+evaluation sums behind them; the driver pools the sums over the round's clients and logs the
+task's metrics of the pool (``eval_personal_accuracy``, ``eval_personal_rmse``, ...: over all
+held-out samples, not a mean of per-client figures, which for RMSE over one rating per client
+would be the mean absolute error). The hold-out exists only
 under these rules, so the partition, the test set and the data fingerprint do not change. When
 the data declares each client's own test samples (:class:`fedray.data.base.ClientBatch`
 ``own_test``, e.g. MovieLens' leave-one-out rating per user), those are the hold-out instead and
@@ -23,7 +26,7 @@ from fedray.core.registry import register
 from fedray.core.statemath import split_local
 from fedray.data.base import ClientBatch
 from fedray.models import trainable_parameters
-from fedray.tasks.base import num_rows
+from fedray.tasks.base import PERSONAL_SUM, add_sums, num_rows
 
 
 def holdout_rows(
@@ -61,10 +64,16 @@ class _Holdout:
 
     @staticmethod
     def evaluate(trainer: Trainer, held: dict[str, np.ndarray] | None) -> dict[str, float]:
+        """The personal model's metrics on the hold-out (``personal_<metric>``) and the task's
+        sums behind them (``personal_sum_<sum>``), which the driver pools over the round's
+        clients."""
         if held is None:
             return {}
-        ev = trainer.evaluate(held, batch_size=64)
-        return {f"personal_{k}": v for k, v in ev.items()}
+        sums = add_sums([trainer.eval_sums(held, batch_size=64)])
+        return {
+            **{f"personal_{k}": v for k, v in trainer.task.metrics(sums).items()},
+            **{f"{PERSONAL_SUM}{k}": v for k, v in sums.items()},
+        }
 
 
 @dataclass

@@ -24,6 +24,7 @@ from fedray.core.validate import update_norm
 from fedray.pipeline.traffic import Sent
 from fedray.server.async_core import AsyncLoop, Job, Period
 from fedray.server.protocol import Broadcast, RoundProtocol, RoundTimer, update_metrics
+from fedray.tasks.base import Task
 
 
 class PoolExecutor:
@@ -122,7 +123,7 @@ def run_async(
     start = time.perf_counter()
     timer = RoundTimer()
     for period in loop.run(executor):
-        metrics = period_metrics(period, loop, m.min_clients)
+        metrics = period_metrics(period, loop, m.min_clients, p.task)
         arrived = [a.update for a in period.arrivals if a.update is not None]
         metrics.update(p.traffic(arrived, executor.sends))
         metrics["client_calls"] = float(executor.calls)
@@ -143,7 +144,9 @@ def run_async(
         yield loop, RoundEnd(period.index, selected, failures, metrics, nodes)
 
 
-def period_metrics(period: Period, loop: AsyncLoop, min_clients: int) -> dict[str, float]:
+def period_metrics(
+    period: Period, loop: AsyncLoop, min_clients: int, task: Task | None = None
+) -> dict[str, float]:
     """The figures of one period; QuorumError when too few updates were applied or buffered."""
     final = [a for a in period.arrivals if a.outcome != "retried"]
     accepted = [a for a in final if a.outcome in ("applied", "buffered")]
@@ -157,7 +160,7 @@ def period_metrics(period: Period, loop: AsyncLoop, min_clients: int) -> dict[st
     updates = [a.update for a in accepted if a.update is not None]
     arrived = [a.update for a in period.arrivals if a.update is not None]
     taus = [a.staleness for a in period.arrivals if a.update is not None]
-    metrics = update_metrics(updates, arrived)
+    metrics = update_metrics(updates, arrived, task)
     metrics.update(
         clients=float(len(final)),
         clients_failed=float(len(final) - len(accepted)),

@@ -44,7 +44,7 @@ from fedray.server.collect import screen
 from fedray.server.placement import Placement
 from fedray.server.pool import ActorPool, Call
 from fedray.strategies.base import Strategy
-from fedray.tasks.base import Task, add_sums
+from fedray.tasks.base import PERSONAL_SUM, Task, add_sums
 
 
 @dataclass
@@ -217,8 +217,14 @@ class RoundProtocol:
         return self.task.metrics(add_sums(self.pool.each("evaluate_shard", ref, shard_of=shard_of)))
 
 
-def update_metrics(updates: list[Update], arrived: list[Update]) -> dict[str, float]:
-    """Figures of a round's updates: `updates` the accepted ones, `arrived` all that came back."""
+def update_metrics(
+    updates: list[Update], arrived: list[Update], task: Task | None = None
+) -> dict[str, float]:
+    """Figures of a round's updates: `updates` the accepted ones, `arrived` all that came back.
+
+    Personalized evaluations (``personal_*``) become ``eval_personal_*``: with the `task`, its
+    metrics of the clients' pooled evaluation sums (every held-out sample counts once); without
+    it, or when a client sent no sums, the mean of the clients' own figures."""
     n = sum(u.num_samples for u in updates)
     loss = sum(u.metrics.get("loss", 0.0) * u.num_samples for u in updates) / max(n, 1)
     out = {
@@ -232,11 +238,19 @@ def update_metrics(updates: list[Update], arrived: list[Update]) -> dict[str, fl
         del out["train_loss"]  # the clients kept their losses (privacy.reveals_client_metrics)
     personal = [u.metrics for u in updates if any(k.startswith("personal_") for k in u.metrics)]
     keys = sorted(
-        {k for m in personal for k in m if k.startswith("personal_")} - {"personal_train_loss"}
+        {k for m in personal for k in m if k.startswith("personal_")}
+        - {"personal_train_loss"}
+        - {k for m in personal for k in m if k.startswith(PERSONAL_SUM)}
     )
     for key in keys:
         values = [m[key] for m in personal if key in m]
         out[f"eval_{key}"] = sum(values) / len(values)
+    sums = [
+        {k[len(PERSONAL_SUM) :]: v for k, v in m.items() if k.startswith(PERSONAL_SUM)}
+        for m in personal
+    ]
+    if task is not None and personal and all(sums):
+        out.update({f"eval_personal_{k}": v for k, v in task.metrics(add_sums([sums])).items()})
     if personal:
         out["eval_personal_clients"] = float(len(personal))
     return out

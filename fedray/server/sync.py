@@ -69,7 +69,7 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
         mechanism.after_round(ctx, aggregate)  # 6. accountant step
     accepted = [] if shortfall is not None else usable
     p.commit(rnd, accepted, arrived=updates)  # 8. commit
-    metrics = update_metrics(accepted, updates)
+    metrics = update_metrics(accepted, updates, p.task)
     metrics.update(
         clients=float(len(cohort)),
         clients_failed=float(len(cohort) - len(accepted)),

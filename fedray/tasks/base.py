@@ -67,6 +67,9 @@ class Task(Protocol):
         ...
 
 
+PERSONAL_SUM = "personal_sum_"  # a client's personal-evaluation sums, pooled by the driver
+
+
 def add_sums(parts: list[list[dict[str, float]]]) -> dict[str, float]:
     """Totals of per-batch sums, added in batch order (shard by shard), so any sharding of the
     test set into whole batches gives bit-identical totals."""

@@ -62,3 +62,19 @@ def test_round_figures_of_losses_and_personal_metrics() -> None:
     assert m["eval_personal_loss"] == pytest.approx(1.5)
     assert m["eval_personal_clients"] == 2
     assert "eval_personal_accuracy" not in update_metrics(updates[2:], updates[2:])
+
+
+def test_personal_metrics_pool_the_clients_evaluation_sums() -> None:
+    from fedray.tasks.recommendation import Recommendation
+
+    # one held-out rating each, errors 1 and 3: RMSE sqrt((1 + 9) / 2), not the mean of 1 and 3
+    updates = [
+        _update(0, loss=1.0, personal_rmse=1.0, personal_sum_se_sum=1.0, personal_sum_count=1.0),
+        _update(1, loss=1.0, personal_rmse=3.0, personal_sum_se_sum=9.0, personal_sum_count=1.0),
+    ]
+    m = update_metrics(updates, updates, Recommendation())
+    assert m["eval_personal_rmse"] == pytest.approx(5**0.5)
+    assert m["eval_personal_loss"] == pytest.approx(5.0)
+    assert m["eval_personal_clients"] == 2
+    assert not any("sum" in k for k in m)
+    assert update_metrics(updates, updates)["eval_personal_rmse"] == pytest.approx(2.0)
