@@ -133,6 +133,7 @@ def _check_values(spec: FedrayConfig) -> None:
         or _mode_problem(spec)
         or _reliability_problem(spec)
         or _silo_problem(spec)
+        or _rows_problem(spec)
         or faults.check(spec.faults, m.client_timeout_s)
         or attack.check(spec.attack)
     )
@@ -226,3 +227,24 @@ def oversubscription(spec: FedrayConfig) -> str | None:
         "actor runs more torch threads than the CPUs it reserves, and actors sharing cores this "
         "way slow each other down; set client.torch_threads=null to match the CPU slot"
     )
+
+
+def _rows_problem(spec: FedrayConfig) -> str | None:
+    """`client.embedding_rows=lookups` needs a plaintext sync mean (:func:`mean_of`)."""
+    if spec.client.embedding_rows != "lookups":
+        return None
+    algorithm = registry.entry("algorithm", spec.algorithm.name).factory
+    if spec.privacy.name != "none":
+        return (
+            f"client.embedding_rows=lookups cannot run with privacy={spec.privacy.name}: the row "
+            "counts travel in plaintext beside the update; use client.embedding_rows=samples"
+        )
+    if spec.mode.name != "sync" or algorithm.requires_individual_updates:
+        return (
+            f"client.embedding_rows=lookups needs the synchronous weighted mean; "
+            f"algorithm={spec.algorithm.name} (mode={spec.mode.name}) aggregates otherwise; use "
+            "client.embedding_rows=samples"
+        )
+    if len(groups.architectures(spec.model)) > 1:
+        return "client.embedding_rows=lookups needs one model architecture (model.groups)"
+    return None

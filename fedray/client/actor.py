@@ -20,6 +20,7 @@ import numpy as np
 
 from fedray.client.attack import Attack
 from fedray.client.faults import FaultInjector
+from fedray.client.rows import count_lookups
 from fedray.client.speed import Work, delay_s, speed_factors
 from fedray.core.config import FedrayConfig
 from fedray.core.statemath import nbytes, subtract
@@ -178,6 +179,8 @@ class ClientWorker:
         self.pipeline = Pipeline.from_spec(run)
         self.data = data
         self.rule = registry.build("rule", spec.rule, trainer=self.trainer, seed=run.seed)
+        # a selector that samples by size asks for equal aggregation weights (selection.weights)
+        self.equal_weights = getattr(run.selection, "weights", "samples") == "equal"
         self.recipe = Recipe.from_config(c)
         self.first_client = spec.first_client
         self.speed = speed_factors(run.speed, spec.population, run.seed)
@@ -314,7 +317,10 @@ class ClientWorker:
             state=stored.get("privacy"),
             session=session,
         )
-        with trainer.shaped(training):  # e.g. DP-SGD around every fit of the rule
+        with (
+            trainer.shaped(training),  # e.g. DP-SGD around every fit of the rule
+            count_lookups(trainer.model, self.run.client.embedding_rows == "lookups") as lookups,
+        ):
             result = self.rule.run(trainer, local, recipe)
         if len(self.trainers) > 1:  # other architectures' keys come back unchanged (delta 0)
             result.trained = {
@@ -325,10 +331,11 @@ class ClientWorker:
         delay = delay_s(float(self.speed[job.client_id]), result.metrics["compute_s"])
         result.metrics["delay_s"] = delay
         time.sleep(delay)  # simulated straggler (speed.*); 0 by default
+        weight = 1 if self.equal_weights else result.num_samples  # the aggregation weight
         sent, state = self.pipeline.client(
             subtract(trained, global_state),
             spec=job.spec,
-            weight=float(result.num_samples),
+            weight=float(weight),
             client_id=job.client_id,
             round=job.round,
             seed=job.seed,
@@ -351,15 +358,19 @@ class ClientWorker:
         if not self.pipeline.mechanism.reveals_client_metrics:  # e.g. DP: the loss stays here
             metrics = {k: metrics[k] for k in ("compute_s", "delay_s") if k in metrics}
         self.trim_heap()
+        rows = None if lookups is None else lookups.sparse()
         return Update(
             client_id=job.client_id,
-            num_samples=result.num_samples,
+            num_samples=weight,
             payload=sent,
-            nbytes_up=int(sent.nbytes) + (0 if result.extra is None else nbytes(result.extra)),
+            nbytes_up=int(sent.nbytes)
+            + (0 if result.extra is None else nbytes(result.extra))
+            + (0 if rows is None else sum(r.nbytes + c.nbytes for r, c in rows.values())),
             metrics=metrics,
             client_state=state,
             extra=result.extra,
             node=self.node,
+            row_counts=rows,
         )
 
     def evaluate_shard(self, global_state: State, shard: int, shards: int) -> list[dict]:

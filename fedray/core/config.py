@@ -90,8 +90,21 @@ class ClientConfig:
         },
     )
     round_stride: int = field(default=1000, metadata={"help": "linear seed scheme stride."})
+    embedding_rows: str = field(
+        default="samples",
+        metadata={
+            "help": "samples: every row of an update is weighted by the client's samples "
+            "(FedAvg) | lookups: each row of a trainable embedding table is averaged over the "
+            "clients that looked it up in training, weighted by their lookups (sparse tables: "
+            "a recommender's items)."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.embedding_rows not in ("samples", "lookups"):
+            raise ConfigError(
+                f"client.embedding_rows={self.embedding_rows!r} is unknown; use samples or lookups"
+            )
         if self.optimizer not in OPTIMIZERS:
             choices = ", ".join(OPTIMIZERS)
             raise ConfigError(f"client.optimizer={self.optimizer!r} is unknown; use {choices}")

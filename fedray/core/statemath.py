@@ -115,11 +115,25 @@ def nbytes(state: State) -> int:
 def mean_of(contributions: Sequence[Contribution]) -> Aggregate:
     """The plaintext aggregate of a cohort: the sample-weighted mean delta (FedAvg's
     ``sum_i (n_i / sum_j n_j) * delta_i`` in float32, in the given order) and the unweighted
-    mean of the extra states (when the updates carry them)."""
+    mean of the extra states (when the updates carry them).
+
+    Tables whose rows the updates counted (``row_counts``, `client.embedding_rows=lookups`) are
+    averaged row by row instead: :func:`row_weighted_mean`.
+    """
     if not contributions:
         raise ValueError("no updates to aggregate")
     weights = sample_weights([c.num_samples for c in contributions])
     mean = weighted_sum([c.delta for c in contributions], weights)
+    counted = [c.row_counts for c in contributions]
+    if any(rc is not None for rc in counted):
+        if any(rc is None for rc in counted):
+            raise ValueError("some updates carry embedding row counts and some do not")
+        for key in counted[0]:  # type: ignore[union-attr]
+            if key in mean:
+                mean[key] = row_weighted_mean(
+                    [c.delta[key] for c in contributions],
+                    [rc[key] for rc in counted],  # type: ignore[index]
+                )
     extras = [c.extra for c in contributions]
     extra_mean = None
     if any(e is not None for e in extras):
@@ -128,6 +142,30 @@ def mean_of(contributions: Sequence[Contribution]) -> Aggregate:
         extra_mean = weighted_sum(extras, [1.0 / len(extras)] * len(extras))  # type: ignore[arg-type]
     total = float(sum(c.num_samples for c in contributions))
     return Aggregate(mean, total, len(contributions), extra_mean)
+
+
+def row_weighted_mean(
+    deltas: Sequence[np.ndarray], counts: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Row r of the result is ``sum_i c_ir * delta_i[r] / sum_i c_ir`` over the updates that
+    counted row r (`counts[i]` = (rows, their counts)); rows nobody counted get 0 (no move).
+
+    Accumulated in float64 in update order, returned as float32.
+    """
+    shape = np.shape(deltas[0])
+    num = np.zeros(shape, dtype=np.float64)
+    den = np.zeros(shape[0], dtype=np.float64)
+    for delta, (rows, cnt) in zip(deltas, counts, strict=True):
+        if len(rows) and (rows.min() < 0 or rows.max() >= shape[0]):
+            raise ValueError(f"row counts name rows outside [0, {shape[0]})")
+        if len(np.unique(rows)) != len(rows) or len(cnt) != len(rows) or (cnt < 0).any():
+            raise ValueError("row counts must name distinct rows with non-negative counts")
+        w = cnt.astype(np.float64).reshape((-1,) + (1,) * (len(shape) - 1))
+        num[rows] += w * np.asarray(delta, dtype=np.float64)[rows]
+        den[rows] += cnt
+    seen = den > 0
+    num[seen] /= den[seen].reshape((-1,) + (1,) * (len(shape) - 1))
+    return num.astype(np.float32)
 
 
 def split_local(state: State, patterns: list[str]) -> tuple[State, State]:

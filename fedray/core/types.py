@@ -19,6 +19,10 @@ import numpy as np
 State = dict[str, np.ndarray]
 """Trainable state: parameter name -> float32 numpy array (zero-copy through Ray's store)."""
 
+RowCounts = dict[str, tuple[np.ndarray, np.ndarray]]
+"""Per embedding table (state key): the rows a client looked up in training (int64, ascending)
+and how often (float32); sent with `client.embedding_rows=lookups` (:mod:`fedray.client.rows`)."""
+
 ClientState = dict[str, Any]
 """What the client-state store keeps for one client between its rounds, by owner:
 ``"rule"`` (the algorithm's client rule, e.g. SCAFFOLD's c_i), ``"codec"`` (error-feedback
@@ -29,10 +33,13 @@ residuals), ``"privacy"`` (e.g. a per-client DP accountant). Keyed by client id,
 class Update:
     """What one client sends up after its job in one round.
 
-    `payload` is whatever the pipeline's client half produced (bytes for a codec chain, a masked
-    vector under secure aggregation, ...); `nbytes_up` is the length of what actually travels.
+    `num_samples` is the update's aggregation weight: the samples it trained on (1 each when
+    the selector asks for equal weights). `payload` is whatever the pipeline's client half
+    produced (bytes for a codec chain, a masked vector under secure aggregation, ...);
+    `nbytes_up` is the length of what actually travels.
     `extra` is plaintext algorithm state sent beside the update (SCAFFOLD's delta c); `node`
-    the Ray node that trained it (where a silo's samples were read).
+    the Ray node that trained it (where a silo's samples were read); `row_counts` the
+    embedding rows it looked up (`client.embedding_rows=lookups`), also counted in `nbytes_up`.
     """
 
     client_id: int
@@ -43,6 +50,7 @@ class Update:
     client_state: ClientState | None = None
     extra: State | None = None
     node: str = ""
+    row_counts: RowCounts | None = None
 
 
 @dataclass
@@ -53,6 +61,7 @@ class Contribution:
     delta: State
     num_samples: int
     extra: State | None = None
+    row_counts: RowCounts | None = None
 
 
 @dataclass

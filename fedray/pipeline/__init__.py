@@ -124,7 +124,9 @@ class Pipeline:
     def decode(self, update: Update, spec: StateSpec) -> Contribution:
         """The plaintext delta of one update."""
         delta = self.up.decode(as_wire(update.payload), spec)
-        return Contribution(update.client_id, delta, update.num_samples, update.extra)
+        return Contribution(
+            update.client_id, delta, update.num_samples, update.extra, update.row_counts
+        )
 
     # -- state ----------------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:

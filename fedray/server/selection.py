@@ -4,6 +4,11 @@ A selector has ``select(round, k)``, ``observe(round, losses)`` (the driver repo
 local training losses, client id -> loss, after aggregation), state_dict/load_state_dict, and
 ``sampling``: how a cohort is drawn (``fixed`` size, ``poisson``, or ``by_loss``), which a
 privacy accountant needs to know (:class:`fedray.core.context.RunContext`).
+
+A selector's options may carry ``weights``: ``samples`` (the default when absent: each update is
+weighted by its client's samples, FedAvg) or ``equal`` (every update weighs 1, for a selector
+that already draws clients in proportion to their size). The client actors read it when they
+set an update's aggregation weight.
 """
 
 from __future__ import annotations
@@ -67,10 +72,15 @@ class PowerOfChoiceOptions:
 
     name: str = "power_of_choice"
     d: int = 20  # candidates per round; d = k is uniform-by-size, larger d = more loss-greedy
+    # equal: average the chosen clients' updates with equal weights, as Cho et al. do (the
+    # candidates are already drawn in proportion to size); samples: FedAvg's sample weights
+    weights: str = "equal"
 
     def check(self) -> None:
         if self.d < 1:
             raise ValueError(f"d={self.d} must be >= 1 (candidates sampled per round)")
+        if self.weights not in ("equal", "samples"):
+            raise ValueError(f"weights={self.weights!r} is unknown; use equal or samples")
 
     def check_against(self, spec: Any) -> str | None:
         """d candidates must cover a round's cohort."""
@@ -90,8 +100,10 @@ class PowerOfChoice:
     Per round: sample ``d`` distinct candidates with probability proportional to their data
     size (Efraimidis-Spirakis keys ``u ** (1 / n_i)`` from one ``random.Random(seed)``), then
     keep the ``k`` with the highest last reported local loss; never-seen clients rank highest,
-    ties go to the lower client id. Losses come from :meth:`observe`. The cohort has a fixed
-    size but is not uniform: it depends on the clients' losses (``sampling = "by_loss"``).
+    ties go to the lower client id. Losses come from :meth:`observe`. The chosen clients'
+    updates are averaged with equal weights (``weights=equal``, the paper's rule). The cohort
+    has a fixed size but is not uniform: it depends on the clients' losses
+    (``sampling = "by_loss"``).
     """
 
     sampling = "by_loss"

@@ -42,6 +42,25 @@ def test_a_sweep_over_the_task_data_composes_and_validates_before_ray(tmp_path, 
         (["experiment=synthetic", "algorithm=fednova", "client.optimizer=adamw"], "sgd"),
         (["speed.stragglers=2"], "speed.stragglers=2.0 must be in"),
         (["client.optimizer=lion"], "client.optimizer='lion' is unknown"),
+        (["client.embedding_rows=rows"], "client.embedding_rows='rows' is unknown"),
+        (
+            ["experiment=movielens", "client.embedding_rows=lookups", "privacy=secagg"],
+            "cannot run with privacy=secagg",
+        ),
+        (
+            ["experiment=movielens", "client.embedding_rows=lookups", "algorithm=median"],
+            "needs the synchronous weighted mean; algorithm=median",
+        ),
+        (
+            [
+                "experiment=movielens",
+                "client.embedding_rows=lookups",
+                "mode=async",
+                "algorithm=fedbuff",
+            ],
+            "needs the synchronous weighted mean",
+        ),
+        (["selection=power_of_choice", "selection.weights=size"], "weights='size' is unknown"),
     ],
 )
 def test_bad_task_configs_are_one_line_errors_before_anything_starts(overrides, match) -> None:
