@@ -119,6 +119,12 @@ class DpSgdOptions:
                 "per-sample losses it gives, so clipping per sample would not bound one "
                 "sample's effect (nor could ghost clipping weigh each sample's loss)"
             )
+        if spec.model.gradient_checkpointing:
+            return (
+                f"{me} cannot run with model.gradient_checkpointing=true: opacus' hooks would see "
+                "each recomputed forward pass again (per-sample gradients fail, ghost clipping "
+                "takes it for tied parameters); set model.gradient_checkpointing=false"
+            )
         if spec.model.dtype == "float16":
             return (
                 f"{me} cannot run with model.dtype=float16: loss scaling would clip scaled "

@@ -201,6 +201,7 @@ DP = ["tracking=none", "privacy=dp_sgd"]
         (["data=shakespeare_lm"], "data.task=causal_lm: its loss is not a mean"),
         (["data=movielens"], "data.task=recommendation: its loss is not a mean"),
         (["model.dtype=float16"], "model.dtype=float16"),
+        (["model.gradient_checkpointing=true"], "model.gradient_checkpointing=true: opacus'"),
         (["privacy.noise_multiplier=0"], "privacy.noise_multiplier=0.0 must be"),
         (["privacy.max_grad_norm=-1"], "privacy.max_grad_norm=-1.0 must be"),
     ],
