@@ -27,6 +27,8 @@ class DpFedAvgOptions:
     target_quantile: float = 0.5  # the median: the paper's default across tasks
     clip_learning_rate: float = 0.2  # geometric step of the adaptive clip (the paper's 0.2)
     count_noise_std: float | None = None  # sigma_b of the bit count; null: cohort / 20
+    min_clip: float | None = None  # adaptive: C never falls below this (null: no bound)
+    max_clip: float | None = None  # adaptive: C never grows past this (null: no bound)
     weighting: str = "uniform"  # uniform (w_i = 1) | capped (w_i = min(n_i / weight_cap, 1))
     weight_cap: float = 0.0  # capped: samples at which a client's weight reaches 1
     accounting_resolution: float = DEFAULT_VALUE_DISCRETIZATION  # PLD grid; coarser = faster
@@ -54,6 +56,7 @@ class DpFedAvgOptions:
             raise ValueError(f"clip_learning_rate={self.clip_learning_rate} must be > 0")
         if self.count_noise_std is not None and not self.count_noise_std >= 0:
             raise ValueError(f"count_noise_std={self.count_noise_std} must be >= 0")
+        self._check_bounds()
         if self.weighting not in ("uniform", "capped"):
             raise ValueError(f"weighting={self.weighting!r}: use uniform or capped")
         if (self.weighting == "capped") != (self.weight_cap > 0):
@@ -63,6 +66,27 @@ class DpFedAvgOptions:
             )
         if not 0 < self.accounting_resolution <= 0.1:
             raise ValueError(f"accounting_resolution={self.accounting_resolution} not in (0, 0.1]")
+
+    def _check_bounds(self) -> None:
+        """min_clip / max_clip: positive, ordered, around the initial clip, adaptive only."""
+        low, high = self.min_clip, self.max_clip
+        for key, bound in (("min_clip", low), ("max_clip", high)):
+            if bound is None:
+                continue
+            if not (math.isfinite(bound) and bound > 0):
+                raise ValueError(f"{key}={bound} must be a finite number > 0 (null: no bound)")
+            if not self.adaptive:
+                raise ValueError(
+                    f"{key}={bound} bounds the adaptive clip, but privacy.adaptive=false keeps C "
+                    "fixed at privacy.clip; set privacy.adaptive=true or leave it null"
+                )
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_clip={low} must be <= max_clip={high}")
+        if not (low or 0.0) <= self.clip <= (high or math.inf):
+            raise ValueError(
+                f"clip={self.clip}, the adaptive clip's start, must lie in [min_clip, max_clip] "
+                f"= [{low}, {high}]"
+            )
 
     def count_std(self, expected_cohort: float) -> float:
         """sigma_b, the noise of the adaptive clip's bit count."""

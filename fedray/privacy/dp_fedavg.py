@@ -14,17 +14,19 @@ Per round, with clip norm C and noise multiplier z:
 4. the accountant records one round of the sampled Gaussian mechanism with multiplier z
    (:class:`~fedray.privacy.lib.accounting.DpAccountant`: PLD for Poisson sampling, RDP for
    fixed-size cohorts), and the adaptive clip (Andrew et al. 2021) moves C towards the target
-   quantile of the update norms from the noised bit count. Releasing that count is part of the
-   same Gaussian mechanism: the update sum is noised with z_D = split_noise_multiplier(z, sigma_b)
-   and the accountant is charged z.
+   quantile of the update norms from the noised bit count, within [min_clip, max_clip] when
+   those are set (under heavy noise the clip can run away, and the noise std grows with it).
+   Releasing that count is part of the same Gaussian mechanism: the update sum is noised with
+   z_D = split_noise_multiplier(z, sigma_b) and the accountant is charged z; the bounds are
+   post-processing of it and cost nothing.
 
 Every round is released, whatever the number of updates that arrive (an empty Poisson cohort
 releases noise only): skipping a round would reveal that nobody took part. The guarantee
 (epsilon, delta) covers the sequence of released models (and clips); the per-round diagnostics
 (train_loss, clipped_fraction, client counts) are the trusted server's view and are not noised.
 Noise is drawn from generators seeded by (run seed, round), so a resumed run releases the same
-models and epsilon as one that never stopped. The options and their checks:
-:mod:`fedray.privacy._dp_fedavg_options`.
+models and epsilon as one that never stopped (the clip bounds are settings of the run's config,
+which a resume reuses). The options and their checks: :mod:`fedray.privacy._dp_fedavg_options`.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ class DpFedAvg(Mechanism):
                 target_quantile=o.target_quantile,
                 learning_rate=o.clip_learning_rate,
                 count_noise_std=sigma_b,
+                min_clip=o.min_clip,
+                max_clip=o.max_clip,
             )
             if self.noise_multiplier > 0:
                 self.update_noise_multiplier = split_noise_multiplier(
