@@ -1,5 +1,6 @@
 """DP end to end on Ray and a tiny model: epsilon and weights survive `resume` exactly, the budget
-stops a run cleanly, an empty Poisson cohort, and DP-SGD's per-client accountants."""
+stops a run cleanly, an empty Poisson cohort, and DP-SGD's per-client accountants (with
+per-sample gradient hooks and with ghost clipping)."""
 
 from __future__ import annotations
 
@@ -99,14 +100,16 @@ def test_without_dp_an_empty_poisson_cohort_follows_the_quorum_rule(
         run(cfg, tmp_path, "stop")
 
 
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_dp_sgd_client_accountants_persist_across_rounds_and_resume(
-    ray_cluster, tmp_path: Path
+    ray_cluster, tmp_path: Path, mode: str
 ) -> None:
     z, delta = 1.5, 1e-5
     cfg = [
         *base(tmp_path, seed=0, cohort=4),
         "privacy=dp_sgd",
         f"privacy.noise_multiplier={z}",
+        f"privacy.grad_sample_mode={mode}",  # per-sample gradients or ghost clipping: same state
         "client.batch_size=4",
         "client.max_steps=0",  # a whole epoch: 1/q Poisson steps
     ]

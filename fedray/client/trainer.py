@@ -7,7 +7,9 @@ SGD as `client.optimizer` says), the batch iterator
 may return wrapped versions of all three, which is exactly the shape of
 ``opacus.PrivacyEngine.make_private``. A privacy mechanism can shape every fit of a client's job
 the same way (:meth:`Trainer.shaped`, e.g. DP-SGD), without the client rules knowing. The task
-(:mod:`fedray.tasks`) gives the loss of a batch and the sums of an evaluation batch.
+(:mod:`fedray.tasks`) gives the loss of a batch and the sums of an evaluation batch; a shaping
+that needs each sample's loss (ghost clipping) trains on its own loss of the task's per-sample
+losses instead, and a task without them is refused.
 
 With the defaults, `fit` performs exactly the W1 recipe (see shared/bench/WORKLOAD.md): seed
 right before training, `torch.randperm(n)` batch order per epoch, a fresh AdamW per call, the
@@ -21,7 +23,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ from fedray.models.export import export_files
 from fedray.models.loading import build_key_of
 from fedray.models.shared import BaseTensors
 from fedray.privacy.base import LocalTraining
-from fedray.tasks.base import Batch, Task, add_sums, num_rows
+from fedray.tasks.base import Batch, PerSampleLoss, Task, add_sums, num_rows
 
 _AMP = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -258,6 +260,7 @@ class Trainer:
         shaping = self._shaping
         if shaping is not None:
             wrap = self._shaped_wrap(shaping, wrap, extra_loss)
+        loss_of = self._loss_of(shaping)
         columns = self.tensors(data)
         n = num_rows(data)
         start = time.perf_counter()
@@ -284,7 +287,7 @@ class Trainer:
                         steps += 1
                         continue
                     with self.autocast():
-                        task_loss = self.task.loss(model, batch)
+                        task_loss = loss_of(model, batch)
                         loss = task_loss if extra_loss is None else task_loss + extra_loss(model)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -323,6 +326,19 @@ class Trainer:
                 "would be clipped while scaled); use model.dtype=float32 or bfloat16"
             )
         return shaping.wrap
+
+    def _loss_of(self, shaping: LocalTraining | None) -> Callable[[Any, Batch], Any]:
+        """The training loss of a batch: the task's, or, for a shaping that trains on per-sample
+        losses (ghost clipping), its loss of the task's per-sample losses."""
+        if shaping is None or not shaping.per_sample_losses:
+            return self.task.loss
+        if not self.task.per_sample_loss:
+            raise ValueError(
+                f"{type(self.task).__name__} gives no per-sample losses, which ghost clipping "
+                "needs (privacy.grad_sample_mode=ghost); use privacy.grad_sample_mode=hooks"
+            )
+        per_sample = cast(PerSampleLoss, self.task).sample_losses
+        return lambda model, batch: shaping.batch_loss(per_sample(model, batch))
 
     def evaluate(self, data: dict[str, np.ndarray], batch_size: int = 64) -> dict[str, float]:
         """The task's metrics of the current model on `data`."""

@@ -75,12 +75,22 @@ class LocalTraining(Protocol):
     """True if gradients are clipped per sample: a loss term on the parameters themselves (a
     FedProx proximal term) would not reach the update, so the trainer refuses one."""
 
+    per_sample_losses: bool
+    """True if training needs each sample's loss (ghost clipping): the trainer then computes the
+    task's per-sample losses (a task without them is refused) and trains on :meth:`batch_loss`
+    of them instead of the task's batch loss."""
+
     def wrap(self, model: Any, optimizer: Any, loader: Iterable[Any]) -> tuple[Any, Any, Any]:
         """At the start of each fit: the model, optimizer and batches to train with."""
         ...
 
     def empty_step(self) -> None:
         """One optimizer step for an empty batch (Poisson sampling can draw none)."""
+        ...
+
+    def batch_loss(self, sample_losses: Any) -> Any:
+        """With :attr:`per_sample_losses`: the loss of a batch to call ``backward()`` and
+        ``item()`` on, from its per-sample losses (a tensor of shape [rows])."""
         ...
 
     def unwrap(self) -> None:

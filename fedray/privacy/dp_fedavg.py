@@ -14,25 +14,26 @@ Per round, with clip norm C and noise multiplier z:
 4. the accountant records one round of the sampled Gaussian mechanism with multiplier z
    (:class:`~fedray.privacy.lib.accounting.DpAccountant`: PLD for Poisson sampling, RDP for
    fixed-size cohorts), and the adaptive clip (Andrew et al. 2021) moves C towards the target
-   quantile of the update norms from the noised bit count. Releasing that count is part of the
-   same Gaussian mechanism: the update sum is noised with z_D = split_noise_multiplier(z, sigma_b)
-   and the accountant is charged z.
+   quantile of the update norms from the noised bit count, within [min_clip, max_clip] when
+   those are set (under heavy noise the clip can run away, and the noise std grows with it).
+   Releasing that count is part of the same Gaussian mechanism: the update sum is noised with
+   z_D = split_noise_multiplier(z, sigma_b) and the accountant is charged z; the bounds are
+   post-processing of it and cost nothing.
 
 Every round is released, whatever the number of updates that arrive (an empty Poisson cohort
 releases noise only): skipping a round would reveal that nobody took part. The guarantee
 (epsilon, delta) covers the sequence of released models (and clips); the per-round diagnostics
 (train_loss, clipped_fraction, client counts) are the trusted server's view and are not noised.
 Noise is drawn from generators seeded by (run seed, round), so a resumed run releases the same
-models and epsilon as one that never stopped.
+models and epsilon as one that never stopped (the clip bounds are settings of the run's config,
+which a resume reuses). The options and their checks: :mod:`fedray.privacy._dp_fedavg_options`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,127 +41,16 @@ import numpy as np
 from fedray.core.checkpoint import check_state_keys
 from fedray.core.context import RoundContext, RunContext
 from fedray.core.errors import BudgetExhausted
-from fedray.core.registry import entry, register
+from fedray.core.registry import register
 from fedray.core.statemath import weighted_sum
 from fedray.core.types import Aggregate, Contribution, State, StateSpec, Update
+from fedray.privacy._dp_fedavg_options import ACCOUNTABLE, DpFedAvgOptions
 from fedray.privacy.base import CohortIO, Mechanism
-from fedray.privacy.lib.accounting import (
-    DEFAULT_VALUE_DISCRETIZATION,
-    FIXED_SIZE,
-    POISSON,
-    DpAccountant,
-    calibrate_noise_multiplier,
-)
-from fedray.privacy.lib.clipping import (
-    DEFAULT_COUNT_NOISE_FRACTION,
-    AdaptiveClip,
-    clip_to_norm,
-    split_noise_multiplier,
-)
+from fedray.privacy.lib.accounting import POISSON, DpAccountant, calibrate_noise_multiplier
+from fedray.privacy.lib.clipping import AdaptiveClip, clip_to_norm, split_noise_multiplier
 
 BIT = "dp_clip_bit"  # what a client reports beside its update: 1.0 if its norm was <= C
 _NOISE_STREAM, _COUNT_STREAM = 0x4E4F4953, 0x434F554E  # "NOIS", "COUN"
-_ACCOUNTABLE = {"poisson": POISSON, "fixed": FIXED_SIZE}  # selector sampling -> accountant
-
-
-@dataclass
-class DpFedAvgOptions:
-    """Options of `privacy=dp_fedavg`."""
-
-    name: str = "dp_fedavg"
-    noise_multiplier: float | None = None  # z; 0 = clipping only (epsilon = inf)
-    target_epsilon: float | None = None  # calibrate z for mode.rounds rounds instead
-    delta: float | None = None  # null: 1 / population^1.1
-    max_epsilon: float | None = None  # stop cleanly before a round that would spend more
-    clip: float = 0.1  # L2 clip norm C of a client's update (the initial C when adaptive)
-    adaptive: bool = False  # track the target quantile of update norms (Andrew et al. 2021)
-    target_quantile: float = 0.5  # the median: the paper's default across tasks
-    clip_learning_rate: float = 0.2  # geometric step of the adaptive clip (the paper's 0.2)
-    count_noise_std: float | None = None  # sigma_b of the bit count; null: cohort / 20
-    weighting: str = "uniform"  # uniform (w_i = 1) | capped (w_i = min(n_i / weight_cap, 1))
-    weight_cap: float = 0.0  # capped: samples at which a client's weight reaches 1
-    accounting_resolution: float = DEFAULT_VALUE_DISCRETIZATION  # PLD grid; coarser = faster
-
-    def check(self) -> None:
-        if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ValueError(
-                "noise_multiplier: set exactly one of privacy.noise_multiplier (z) and "
-                "privacy.target_epsilon (z calibrated for mode.rounds rounds)"
-            )
-        z, eps = self.noise_multiplier, self.target_epsilon
-        if z is not None and not (math.isfinite(z) and z >= 0):
-            raise ValueError(f"noise_multiplier={z} must be a finite number >= 0")
-        if eps is not None and not (math.isfinite(eps) and eps > 0):
-            raise ValueError(f"target_epsilon={eps} must be a finite number > 0")
-        if self.delta is not None and not 0 < self.delta < 1:
-            raise ValueError(f"delta={self.delta} must be in (0, 1); typical: 1/population^1.1")
-        if self.max_epsilon is not None and not self.max_epsilon > 0:
-            raise ValueError(f"max_epsilon={self.max_epsilon} must be > 0 (null: no limit)")
-        if not (math.isfinite(self.clip) and self.clip > 0):
-            raise ValueError(f"clip={self.clip} must be a finite number > 0")
-        if not 0 < self.target_quantile < 1:
-            raise ValueError(f"target_quantile={self.target_quantile} must be in (0, 1)")
-        if not self.clip_learning_rate > 0:
-            raise ValueError(f"clip_learning_rate={self.clip_learning_rate} must be > 0")
-        if self.count_noise_std is not None and not self.count_noise_std >= 0:
-            raise ValueError(f"count_noise_std={self.count_noise_std} must be >= 0")
-        if self.weighting not in ("uniform", "capped"):
-            raise ValueError(f"weighting={self.weighting!r}: use uniform or capped")
-        if (self.weighting == "capped") != (self.weight_cap > 0):
-            raise ValueError(
-                f"weight_cap={self.weight_cap}: set it > 0 with weighting=capped (w_i = "
-                "min(n_i / weight_cap, 1)) and leave it 0 with weighting=uniform"
-            )
-        if not 0 < self.accounting_resolution <= 0.1:
-            raise ValueError(f"accounting_resolution={self.accounting_resolution} not in (0, 0.1]")
-
-    def count_std(self, expected_cohort: float) -> float:
-        """sigma_b, the noise of the adaptive clip's bit count."""
-        if self.count_noise_std is not None:
-            return self.count_noise_std
-        return DEFAULT_COUNT_NOISE_FRACTION * expected_cohort
-
-    def check_against(self, spec: Any) -> str | None:
-        """Combinations that would break the guarantee, refused before anything starts."""
-        me = f"name={self.name}"
-        algo = entry("algorithm", spec.algorithm.name).factory
-        algorithm = f"algorithm={spec.algorithm.name}"
-        selection = spec.selection.name
-        sampling = entry("selection", selection).factory.sampling
-        if spec.mode.name != "sync":
-            return f"{me} needs mode=sync: async merges single updates, there is no round to noise"
-        if algo.requires_individual_updates:
-            return f"{me} cannot run with {algorithm}, which reads individual updates: use fedavg"
-        if algo.sends_extra:
-            return (
-                f"{me} cannot run with {algorithm}, whose clients send extra state in the "
-                "clear beside the clipped update; use fedavg, fedprox or a server optimizer"
-            )
-        if sampling not in _ACCOUNTABLE:
-            return (
-                f"{me} cannot account selection={selection} (sampling={sampling}): only "
-                "uniformly drawn cohorts are covered; use selection=poisson or selection=uniform"
-            )
-        if spec.mode.max_norm_ratio > 0:
-            return (
-                f"{me} with mode.max_norm_ratio={spec.mode.max_norm_ratio}: screening updates "
-                "against the cohort's median lets one client change which others are summed; "
-                "set mode.max_norm_ratio=0 (the clip bounds every update)"
-            )
-        if spec.mode.min_clients != 1:
-            return (
-                f"{me} releases every round, whatever the number of updates (skipping one "
-                f"would reveal the cohort size): mode.min_clients={spec.mode.min_clients} "
-                "would not apply; leave it at 1"
-            )
-        z = self.noise_multiplier
-        sigma_b = self.count_std(spec.mode.clients_per_round)
-        if self.adaptive and z and not sigma_b > z / 2:
-            return (
-                f"count_noise_std={sigma_b:g} must exceed noise_multiplier / 2 = {z / 2:g} or the "
-                "adaptive clip's count spends the whole budget; raise privacy.count_noise_std"
-            )
-        return None
 
 
 @register("privacy", "dp_fedavg", DpFedAvgOptions)
@@ -188,10 +78,10 @@ class DpFedAvg(Mechanism):
         """Accountant for the run's sampling, z (given or calibrated), weights, denominator."""
         o = self.options
         n, m = ctx.population, ctx.cohort_size
-        if ctx.sampling not in _ACCOUNTABLE:
+        if ctx.sampling not in ACCOUNTABLE:
             raise ValueError(f"privacy=dp_fedavg cannot account cohorts drawn by {ctx.sampling}")
         q = ctx.sampling_rate
-        sampling = _ACCOUNTABLE[ctx.sampling]
+        sampling = ACCOUNTABLE[ctx.sampling]
         kw: dict[str, Any] = (
             {"sampling_rate": q} if sampling == POISSON else {"cohort_size": m, "population": n}
         )
@@ -225,6 +115,8 @@ class DpFedAvg(Mechanism):
                 target_quantile=o.target_quantile,
                 learning_rate=o.clip_learning_rate,
                 count_noise_std=sigma_b,
+                min_clip=o.min_clip,
+                max_clip=o.max_clip,
             )
             if self.noise_multiplier > 0:
                 self.update_noise_multiplier = split_noise_multiplier(

@@ -6,10 +6,27 @@ Each client's update is (epsilon, delta)-DP with respect to the client's own sam
 ``Trainer.fit`` of the client's job (whatever the client rule) runs through opacus' wrap
 (:class:`DpSgdTraining`): Poisson batches (each sample joins a step with probability
 q = 1 / batches-per-epoch, from a generator seeded by the job's seed), per-sample gradients clipped
-to `max_grad_norm` (opacus' hooks; *ghost clipping* is not used: it needs per-sample losses, and
-a task gives only the batch loss, ``Task.loss``), Gaussian noise of std z * max_grad_norm on
-their sum, then the client's own optimizer step (AdamW by default: post-processing). The hooks
-are removed when each fit ends, so the actor trains its next client on a clean model.
+to `max_grad_norm`, Gaussian noise of std z * max_grad_norm on their sum, then the client's own
+optimizer step (AdamW by default: post-processing). The hooks are removed when each fit ends, so
+the actor trains its next client on a clean model.
+
+How the per-sample clip is computed is `grad_sample_mode`:
+
+- ``hooks`` (default): opacus' per-sample gradient hooks; each trainable parameter holds the
+  gradient of every sample of the batch until the step clips and sums them.
+- ``ghost``: opacus' ghost clipping (Li et al. 2022; ``GradSampleModuleFastGradientClipping``,
+  ``DPOptimizerFastGradientClipping``): the backward pass computes only each sample's gradient
+  norm (for a linear layer from the Gram matrices of its inputs and output gradients, no
+  per-sample gradient), then a second backward pass of sum_i c_i loss_i with the clip factors
+  c_i = min(1, C / (norm_i + 1e-6)) gives the clipped sum directly. It needs each sample's loss
+  (the task's ``sample_losses``; the trainer trains on :meth:`DpSgdTraining.batch_loss` of them)
+  and a norm sampler for every trainable layer (opacus has them for ``nn.Linear`` and
+  ``nn.Embedding``: LoRA adapters and linear heads): a model with another trainable layer (a
+  LayerNorm under full fine-tuning, a ViT's patch convolution) is refused when its first fit
+  wraps it (the model is built in the actors), before anything trains, and so is a parameter
+  shared by two layers. The clipped sum, the noise (the same draws, in the same parameter
+  order), the Poisson batches and the accountant are those of ``hooks``: the same job gives the
+  same update up to float rounding.
 
 The per-client accountant (``DpAccountant``, PLD, one ``step`` per optimizer step at rate q) is
 the client's privacy state (``client_state["privacy"]``): it persists over every round the
@@ -21,7 +38,8 @@ fails with that reason and nothing is released).
 
 What is not covered: the training loss and (FedPer) personal metrics a client reports beside
 its update are plain diagnostics. Only tasks whose loss is the mean of per-sample losses keep
-the per-sample clip meaningful (``classification``; a causal LM averages over all tokens of a
+the per-sample clip meaningful (those that declare ``per_sample_loss``: ``classification``,
+``image_classification``, ``vector_classification``; a causal LM averages over all tokens of a
 batch, so one sample's presence rescales the others' gradients): others are refused.
 """
 
@@ -44,7 +62,7 @@ from fedray.privacy.lib.accounting import POISSON, DpAccountant
 EPSILON = "dp_epsilon"  # what a client reports beside its update
 _JOB = "dp_sgd"  # the client's session key for its job's DP-SGD runs
 _RULES = ("local", "fedper")  # client rules that train with the task loss alone
-_TASKS = ("classification",)  # tasks whose loss is the mean of per-sample losses
+_MODES = ("hooks", "ghost")  # how opacus computes the per-sample clip (module docstring)
 _STATE_KEYS = {"accountant", "epsilon", "jobs"}
 
 
@@ -58,6 +76,7 @@ class DpSgdOptions:
     delta: float = 1e-5  # per client (sample-level); well below 1 / samples per client
     max_epsilon: float | None = None  # a client withholds an update that would spend more
     accounting_resolution: float = 1e-3  # PLD grid of the per-client accountant; coarser = faster
+    grad_sample_mode: str = "hooks"  # hooks: per-sample gradients | ghost: per-sample norms
 
     def check(self) -> None:
         z, c = self.noise_multiplier, self.max_grad_norm
@@ -71,6 +90,8 @@ class DpSgdOptions:
             raise ValueError(f"max_epsilon={self.max_epsilon} must be > 0 (null: no limit)")
         if not 0 < self.accounting_resolution <= 0.1:
             raise ValueError(f"accounting_resolution={self.accounting_resolution} not in (0, 0.1]")
+        if self.grad_sample_mode not in _MODES:
+            raise ValueError(f"grad_sample_mode={self.grad_sample_mode!r}: use hooks or ghost")
 
     def check_against(self, spec: Any) -> str | None:
         """Combinations under which the per-sample guarantee would silently not hold."""
@@ -92,10 +113,17 @@ class DpSgdOptions:
                 f"{me} cannot run with {algorithm}: its client rule `{rule}` adds a loss term on "
                 "the parameters, which per-sample clipping drops; use a FedAvg-style algorithm"
             )
-        if spec.data.task not in _TASKS:
+        if not entry("task", spec.data.task).factory.per_sample_loss:
             return (
                 f"{me} cannot run with data.task={spec.data.task}: its loss is not a mean of "
-                "per-sample losses, so clipping per sample would not bound one sample's effect"
+                "per-sample losses it gives, so clipping per sample would not bound one "
+                "sample's effect (nor could ghost clipping weigh each sample's loss)"
+            )
+        if spec.model.gradient_checkpointing:
+            return (
+                f"{me} cannot run with model.gradient_checkpointing=true: opacus' hooks would see "
+                "each recomputed forward pass again (per-sample gradients fail, ghost clipping "
+                "takes it for tied parameters); set model.gradient_checkpointing=false"
             )
         if spec.model.dtype == "float16":
             return (
@@ -119,15 +147,47 @@ def client_epsilon(accountant: DpAccountant, delta: float) -> float:
     return _EPSILON_CACHE[key]
 
 
+def ghost_problem(model: Any) -> str | None:
+    """Why opacus' ghost clipping cannot clip `model`'s trainable layers; None if it can."""
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.utils.module_utils import trainable_modules
+
+    samplers = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+    me = "privacy.grad_sample_mode=ghost"
+    owner: dict[int, str] = {}
+    for name, module in trainable_modules(model):
+        if type(module) not in samplers:
+            covered = ", ".join(sorted(t.__name__ for t in samplers))
+            return (
+                f"{me} cannot clip the trainable layer `{name}` ({type(module).__name__}): "
+                f"opacus computes per-sample norms for {covered} only; train only such layers "
+                "(e.g. model.finetune=lora) or use privacy.grad_sample_mode=hooks"
+            )
+        for p in module.parameters(recurse=False):
+            if p.requires_grad and owner.setdefault(id(p), name) != name:
+                return (
+                    f"{me} cannot clip a parameter shared by `{owner[id(p)]}` and `{name}`: "
+                    "ghost clipping does not support tied parameters; use grad_sample_mode=hooks"
+                )
+    return None
+
+
 class DpSgdTraining:
     """One client job's DP-SGD: opacus around each fit (a ``LocalTraining``)."""
 
     per_sample_gradients = True
-    _OPACUS_ATTRS = ("grad_sample", "summed_grad", "_forward_counter", "_current_grad_sample")
+    _OPACUS_ATTRS = (
+        "grad_sample",
+        "summed_grad",
+        "_forward_counter",
+        "_current_grad_sample",
+        "_norm_sample",
+    )
 
     def __init__(self, options: DpSgdOptions, seed: int) -> None:
         self.options = options
         self.seed = seed
+        self.per_sample_losses = options.grad_sample_mode == "ghost"  # the trainer gives them
         self.runs: list[tuple[float, int]] = []  # (sampling rate, optimizer steps) per fit
         self._fits = 0
         self._engine: Any = None
@@ -136,11 +196,14 @@ class DpSgdTraining:
         self._rate = 0.0
 
     def wrap(self, model: Any, optimizer: Any, loader: Any) -> tuple[Any, Any, Any]:
-        """opacus' GradSampleModule, DPOptimizer and a Poisson DPDataLoader (seeded)."""
+        """opacus' GradSampleModule, DPOptimizer and a Poisson DPDataLoader (seeded); their
+        fast-gradient-clipping versions with ghost clipping."""
         import torch
         from opacus import PrivacyEngine
         from opacus.data_loader import DPDataLoader
 
+        if self.per_sample_losses and (problem := ghost_problem(model)):
+            raise ValueError(problem)
         sampling_seed, noise_seed = np.random.SeedSequence([self.seed, self._fits]).generate_state(
             2
         )
@@ -152,7 +215,7 @@ class DpSgdTraining:
         with warnings.catch_warnings():  # seeded generators: reproducible, not secure_mode
             warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
             self._engine = PrivacyEngine(accountant="rdp")  # its accountant counts the steps
-            self._model, self._optimizer, batches = self._engine.make_private(
+            wrapped = self._engine.make_private(
                 module=model,
                 optimizer=optimizer,
                 data_loader=batches,
@@ -160,15 +223,31 @@ class DpSgdTraining:
                 max_grad_norm=self.options.max_grad_norm,
                 poisson_sampling=False,  # the loader above already samples (seeded)
                 noise_generator=torch.Generator().manual_seed(int(noise_seed)),
+                grad_sample_mode=self.options.grad_sample_mode,
             )
+        # hooks: (module, optimizer, loader); ghost: (module, optimizer, criterion, loader),
+        # whose criterion is unused: batch_loss weighs the task's own per-sample losses
+        self._model, self._optimizer, batches = wrapped[0], wrapped[1], wrapped[-1]
         return self._model, self._optimizer, batches
+
+    def batch_loss(self, sample_losses: Any) -> Any:
+        """Ghost clipping's loss of a batch: its ``backward()`` computes each sample's gradient
+        norm, then the clipped sum of their gradients (a second pass, hooks off)."""
+        from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+        if not self.per_sample_losses:
+            raise RuntimeError("batch_loss is for grad_sample_mode=ghost only")
+        return DPTensorFastGradientClipping(self._model, self._optimizer, sample_losses, "mean")
 
     def empty_step(self) -> None:
         """The step of an empty Poisson batch: zero clipped gradients, noise as usual."""
         import torch
 
         for p in self._optimizer.params:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            if self.per_sample_losses:  # ghost: the optimizer noises p.grad, the clipped sum
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
         self._optimizer.step()
         self._optimizer.zero_grad()
 

@@ -3,7 +3,10 @@
 A task is one module in this package, registered in group `task` and selected by `data.task`.
 Nothing else in fedray branches on the task name: the trainer asks the task for the loss of a
 batch, evaluation asks it for per-batch sums and turns totals into metrics, the tracker and the
-round table show its `display` metrics, and sweepers optimise its `objective`.
+round table show its `display` metrics, and sweepers optimise its `objective`. A task whose loss
+is the mean of per-sample losses says so (``per_sample_loss``) and gives them
+(:class:`PerSampleLoss`): per-sample gradient clipping (``privacy=dp_sgd``) needs that property,
+and ghost clipping needs the losses themselves.
 
 Task modules import torch only inside the methods that need it, so the coordinator (which turns
 totals into metrics) never loads torch.
@@ -45,6 +48,7 @@ class Task(Protocol):
     display: ClassVar[tuple[str, ...]]  # eval metrics shown in the round table, in order
     needs_labels: ClassVar[bool]  # whether samples carry class labels (label-skew partitions)
     model_kind: ClassVar[str]  # the model it trains; `model.arch` must build it (fedray.models)
+    per_sample_loss: ClassVar[bool]  # loss() is the mean of sample_losses() (PerSampleLoss)
 
     def encode(self, data: FederatedData, model: ModelConfig, max_length: int) -> EncodedData:
         """Arrays of every sample a client or the test set uses (runs once, off the driver)."""
@@ -64,6 +68,16 @@ class Task(Protocol):
 
     def metrics(self, totals: dict[str, float]) -> dict[str, float]:
         """Metrics from the sums over the whole test set."""
+        ...
+
+
+class PerSampleLoss(Task, Protocol):
+    """A task whose training loss is the mean of per-sample losses, which it also gives
+    (``per_sample_loss = True``): one sample's presence changes only its own term."""
+
+    def sample_losses(self, model: Any, batch: Batch) -> torch.Tensor:
+        """The training loss of each sample of a batch, shape [rows]: their mean is
+        :meth:`Task.loss` of the batch (up to float rounding)."""
         ...
 
 

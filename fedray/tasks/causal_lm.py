@@ -36,6 +36,7 @@ class CausalLM:
     display = ("perplexity", "accuracy")
     model_kind = "causal_lm"
     needs_labels = False
+    per_sample_loss = False  # the mean over all tokens of a batch, not over samples
 
     def __init__(self, options: CausalLMOptions | None = None) -> None:
         self.options = options or CausalLMOptions()

@@ -1,7 +1,9 @@
 """`data.task=classification`: one label per text, cross-entropy, accuracy.
 
 Training loss is the Hugging Face model's own loss (cross-entropy of the classifier head), as in
-the benchmark workloads; evaluation sums each batch's cross-entropy and correct argmax labels.
+the benchmark workloads; ``sample_losses`` gives the same cross-entropy per sample (its mean is
+that loss: single-label classification, integer labels); evaluation sums each batch's
+cross-entropy and correct argmax labels.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Classification:
     display = ("accuracy", "loss")
     model_kind = "classification"
     needs_labels = True
+    per_sample_loss = True
 
     def __init__(self, options: ClassificationOptions | None = None) -> None:
         self.options = options or ClassificationOptions()
@@ -45,6 +48,13 @@ class Classification:
 
     def loss(self, model: Any, batch: Batch) -> Any:
         return model(**token_inputs(batch), labels=batch["labels"]).loss
+
+    def sample_losses(self, model: Any, batch: Batch) -> Any:
+        import torch.nn.functional as F
+
+        logits = model(**token_inputs(batch)).logits
+        labels = batch["labels"]
+        return F.cross_entropy(logits.view(len(labels), -1), labels.view(-1), reduction="none")
 
     def eval_batch(self, model: Any, batch: Batch) -> dict[str, float]:
         return label_sums(model(**token_inputs(batch)).logits.float(), batch["labels"])

@@ -79,6 +79,7 @@ class ImageClassification:
     display = ("accuracy", "loss")
     needs_labels = True
     model_kind = "image_classification"
+    per_sample_loss = True
 
     def __init__(self, options: ImageClassificationOptions | None = None) -> None:
         self.options = options or ImageClassificationOptions()
@@ -116,6 +117,12 @@ class ImageClassification:
 
         logits = model(pixel_values=batch["pixel_values"]).logits
         return F.cross_entropy(logits.float(), batch["labels"])
+
+    def sample_losses(self, model: Any, batch: Batch) -> Any:
+        import torch.nn.functional as F
+
+        logits = model(pixel_values=batch["pixel_values"]).logits
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
 
     def eval_batch(self, model: Any, batch: Batch) -> dict[str, float]:
         return label_sums(model(pixel_values=batch["pixel_values"]).logits.float(), batch["labels"])

@@ -67,6 +67,7 @@ class Recommendation:
     display = ("rmse", "hr10", "ndcg10")
     needs_labels = False
     model_kind = "rating"
+    per_sample_loss = False  # a mean of per-rating errors, but no sample_losses yet
 
     def __init__(self, options: RecommendationOptions | None = None) -> None:
         self.options = options or RecommendationOptions()

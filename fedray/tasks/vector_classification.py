@@ -33,6 +33,7 @@ class VectorClassification:
     display = ("accuracy", "loss")
     needs_labels = True
     model_kind = "vector_classification"
+    per_sample_loss = True
 
     def __init__(self, options: VectorClassificationOptions | None = None) -> None:
         self.options = options or VectorClassificationOptions()
@@ -68,6 +69,11 @@ class VectorClassification:
         import torch.nn.functional as F
 
         return F.cross_entropy(model(batch["x"]), batch["labels"])
+
+    def sample_losses(self, model: Any, batch: Batch) -> Any:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(model(batch["x"]), batch["labels"], reduction="none")
 
     def eval_batch(self, model: Any, batch: Batch) -> dict[str, float]:
         return label_sums(model(batch["x"]).float(), batch["labels"])

@@ -174,3 +174,70 @@ def test_split_noise_multiplier_matches_gaussian_composition() -> None:
 def test_adaptive_clip_requires_a_generator() -> None:
     with pytest.raises(ValueError, match="Generator"):
         AdaptiveClip(1.0, 10).update(np.ones(10), 0)  # type: ignore[arg-type]
+
+
+# AdaptiveClip bounds
+
+
+def grow(tracker: AdaptiveClip, rounds: int, seed: int, norm: float = 1e6) -> list[float]:
+    """`rounds` updates in which every client's norm is far above C (all bits 0), under count
+    noise: the clip's run-away direction. The clip after each round."""
+    rng = np.random.default_rng(seed)
+    m = int(tracker.expected_cohort_size)
+    return [tracker.update(np.full(m, norm), rng) for _ in range(rounds)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_max_clip_caps_a_clip_that_would_run_away(seed: int) -> None:
+    free = grow(AdaptiveClip(0.25, 20, count_noise_std=10.0), 200, seed)
+    capped = grow(AdaptiveClip(0.25, 20, count_noise_std=10.0, max_clip=0.5), 200, seed)
+    assert max(free) > 10 * 0.5  # unbounded, it runs far past the cap ...
+    assert max(capped) <= 0.5 and capped[-1] == 0.5  # ... bounded, it reaches it and stays
+    first = next(i for i, c in enumerate(free) if c > 0.5)
+    assert first > 0 and capped[:first] == free[:first]  # identical until the cap binds
+
+
+def test_min_clip_bounds_a_clip_that_would_collapse() -> None:
+    free = grow(AdaptiveClip(0.25, 20, count_noise_std=10.0), 200, 0, norm=0.0)
+    floored = grow(AdaptiveClip(0.25, 20, count_noise_std=10.0, min_clip=0.1), 200, 0, norm=0.0)
+    assert min(free) < 0.01 and min(floored) == 0.1 == floored[-1]
+
+
+def test_without_bounds_the_clip_follows_the_geometric_rule_exactly() -> None:
+    """None, None: the sequence of the unbounded rule, bit for bit."""
+    norms = np.random.default_rng(4).lognormal(mean=2.0, size=(100, 20))
+    tracker, rng = AdaptiveClip(0.25, 20, count_noise_std=3.0), np.random.default_rng(5)
+    got = [tracker.update(row, rng) for row in norms]
+    clip, want, noise = 0.25, [], np.random.default_rng(5)
+    for row in norms:
+        draw = noise.normal(0.0, 3.0)
+        b_bar = (float(np.sum(row <= clip)) - 0.5 * len(row) + draw) / 20 + 0.5
+        clip *= math.exp(-0.2 * (b_bar - 0.5))
+        want.append(clip)
+    assert got == want and max(got) > 5  # far from its start: towards the median norm, 7.4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_clip": 0.0}, "max_clip must be finite and > 0"),
+        ({"min_clip": -1.0}, "min_clip must be finite and > 0"),
+        ({"max_clip": math.inf}, "max_clip must be finite"),
+        ({"min_clip": 0.5, "max_clip": 2.0}, r"initial_clip=0.25 must lie in \[min_clip"),
+        ({"min_clip": 0.1, "max_clip": 0.2}, r"initial_clip=0.25 must lie in"),
+    ],
+)
+def test_bad_bounds_are_value_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AdaptiveClip(0.25, 20, **kwargs)
+
+
+def test_bounds_are_settings_kept_through_a_state_dict_round_trip() -> None:
+    a = AdaptiveClip(0.25, 20, count_noise_std=10.0, max_clip=0.5)
+    grow(a, 30, 1)
+    b = AdaptiveClip(0.25, 20, count_noise_std=10.0, max_clip=0.5)
+    b.load_state_dict(a.state_dict())
+    assert "max_clip" not in a.state_dict() and b.max_clip == 0.5
+    assert grow(a, 30, 2) == grow(b, 30, 2)
+    with pytest.raises(ValueError, match=r"saved clip 0.5 lies outside \[min_clip, max_clip\]"):
+        AdaptiveClip(0.25, 20, max_clip=0.3).load_state_dict(a.state_dict())

@@ -239,6 +239,27 @@ def test_adaptive_clip_tracks_the_median_update_norm_through_the_mechanism() -> 
     assert abs(math.log(np.median(clips[-20:]) / median)) < 0.15  # ... and ends at it
 
 
+def test_max_clip_caps_the_adaptive_clip_and_its_noise() -> None:
+    """Every update far above C (all bits 0), heavy noise: unbounded, C and the noise std grow
+    round after round; with max_clip both stop at the cap."""
+
+    def clips(**bounds) -> tuple[list[float], list[float]]:
+        mech = make(adaptive=True, clip=0.25, noise_multiplier=3.0, count_noise_std=2.0, **bounds)
+        pipe, rng, out, noise = pipeline(mech), np.random.default_rng(3), [], []
+        for rnd in range(1, 41):
+            play_round(pipe, rnd, {c: random_state(rng, 50.0) for c in range(M)})
+            out.append(mech.current_clip)
+            noise.append(mech.metrics()["noise_std"])
+        return out, noise
+
+    free, free_noise = clips()
+    capped, capped_noise = clips(max_clip=0.5)
+    assert max(free) > 1.0 and free_noise[-1] > 2 * capped_noise[-1]
+    assert max(capped) <= 0.5 and capped[-1] == 0.5
+    first = next(i for i, c in enumerate(free) if c > 0.5)
+    assert capped[:first] == free[:first]  # the same sequence until the cap binds
+
+
 # -- checkpoint ----------------------------------------------------------------------------------
 def test_a_resumed_mechanism_releases_the_same_aggregates_and_epsilon() -> None:
     def deltas(rnd: int) -> dict[int, State]:
@@ -265,8 +286,30 @@ def test_a_resumed_mechanism_releases_the_same_aggregates_and_epsilon() -> None:
         make(noise_multiplier=2.0, adaptive=True, count_noise_std=2.0).load_state_dict(saved)
 
 
+def test_a_resumed_mechanism_keeps_its_clip_bounds() -> None:
+    def deltas(rnd: int) -> dict[int, State]:
+        rng = np.random.default_rng(rnd)
+        return {c: random_state(rng, 5.0) for c in range(M)}  # all far above C: it grows
+
+    bounded = {"adaptive": True, "count_noise_std": 2.0, "clip": 0.2, "max_clip": 0.3}
+    full = make(**bounded)
+    want = [play_round(pipeline(full), rnd, deltas(rnd))[0] for rnd in range(1, 9)]
+    first = make(**bounded)
+    for rnd in range(1, 5):
+        play_round(pipeline(first), rnd, deltas(rnd))
+    resumed = make(**bounded)
+    resumed.load_state_dict(first.state_dict())
+    got = [play_round(pipeline(resumed), rnd, deltas(rnd))[0] for rnd in range(5, 9)]
+    for a, b in zip(want[4:], got, strict=True):
+        np.testing.assert_array_equal(flat(a.mean), flat(b.mean))
+    assert resumed.current_clip == full.current_clip == 0.3  # reached the cap, kept it
+    with pytest.raises(ValueError, match=r"saved clip 0\.3 lies outside"):
+        make(**{**bounded, "max_clip": 0.25}).load_state_dict(first.state_dict())
+
+
 # -- configuration ---------------------------------------------------------------------------
 DP = ["tracking=none", "privacy=dp_fedavg", "privacy.noise_multiplier=1.0"]
+ADAPTIVE = ["privacy.adaptive=true", "privacy.count_noise_std=1.0"]
 
 
 @pytest.mark.parametrize(
@@ -284,6 +327,16 @@ DP = ["tracking=none", "privacy=dp_fedavg", "privacy.noise_multiplier=1.0"]
         (["privacy.weighting=capped"], "privacy.weight_cap=0.0: set it > 0"),
         (["privacy.delta=2"], "privacy.delta=2.0 must be in (0, 1)"),
         (["privacy.clip=0"], "privacy.clip=0.0 must be a finite number > 0"),
+        (["privacy.max_clip=1"], "privacy.max_clip=1.0 bounds the adaptive clip, but"),
+        (["privacy.min_clip=0.01"], "privacy.min_clip=0.01 bounds the adaptive clip, but"),
+        ([*ADAPTIVE, "privacy.max_clip=0"], "privacy.max_clip=0.0 must be a finite number > 0"),
+        ([*ADAPTIVE, "privacy.min_clip=-1"], "privacy.min_clip=-1.0 must be a finite number"),
+        (
+            [*ADAPTIVE, "privacy.min_clip=0.5", "privacy.max_clip=0.2"],
+            "privacy.min_clip=0.5 must be <= max_clip=0.2",
+        ),
+        ([*ADAPTIVE, "privacy.max_clip=0.05"], "privacy.clip=0.1, the adaptive clip's start, must"),
+        ([*ADAPTIVE, "privacy.min_clip=0.2"], "privacy.clip=0.1, the adaptive clip's start, must"),
     ],
 )
 def test_combinations_that_would_break_the_guarantee_are_refused_in_one_line(
@@ -301,7 +354,9 @@ def test_combinations_that_would_break_the_guarantee_are_refused_in_one_line(
         ["algorithm=fedadam"],
         ["algorithm=fedprox"],
         ["compression=int8"],
-        ["privacy.adaptive=true", "privacy.count_noise_std=1.0"],
+        ADAPTIVE,
+        [*ADAPTIVE, "privacy.max_clip=1.0"],
+        [*ADAPTIVE, "privacy.min_clip=0.01", "privacy.max_clip=0.1"],
         ["privacy.weighting=capped", "privacy.weight_cap=8"],
     ],
 )

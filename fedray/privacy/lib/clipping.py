@@ -12,7 +12,11 @@
   is what the paper's noise split assumes: releasing the count with noise sigma_b and the update
   sum with multiplier z_Delta is, by Gaussian composition (1/z^2 = 1/z_Delta^2 + (1/2)^2/sigma_b^2),
   one Gaussian mechanism with multiplier z, so z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)
-  (:func:`split_noise_multiplier`). Account with z, noise the update with z_Delta.
+  (:func:`split_noise_multiplier`). Account with z, noise the update with z_Delta. Optional
+  bounds ``min_clip`` / ``max_clip`` clamp C after each geometric step (post-processing of the
+  released count, so they cost no privacy): under heavy noise the tracked quantile can run away,
+  and the noise std grows with C. They are settings, not state: ``state_dict`` leaves them out
+  and ``load_state_dict`` keeps the tracker's own.
 """
 
 from __future__ import annotations
@@ -121,9 +125,20 @@ class AdaptiveClip:
         target_quantile: float = DEFAULT_TARGET_QUANTILE,
         learning_rate: float = DEFAULT_LEARNING_RATE,
         count_noise_std: float | None = None,
+        min_clip: float | None = None,
+        max_clip: float | None = None,
     ) -> None:
         if not (math.isfinite(initial_clip) and initial_clip > 0):
             raise ValueError(f"initial_clip must be finite and > 0, got {initial_clip}")
+        for name, bound in (("min_clip", min_clip), ("max_clip", max_clip)):
+            if bound is not None and not (math.isfinite(bound) and bound > 0):
+                raise ValueError(f"{name} must be finite and > 0 (None: no bound), got {bound}")
+        low = 0.0 if min_clip is None else float(min_clip)
+        high = math.inf if max_clip is None else float(max_clip)
+        if not low <= initial_clip <= high:
+            raise ValueError(
+                f"initial_clip={initial_clip} must lie in [min_clip, max_clip] = [{low}, {high}]"
+            )
         if not expected_cohort_size > 0:
             raise ValueError(f"expected_cohort_size must be > 0, got {expected_cohort_size}")
         if not 0.0 < target_quantile < 1.0:
@@ -141,6 +156,8 @@ class AdaptiveClip:
         self.target_quantile = float(target_quantile)
         self.learning_rate = float(learning_rate)
         self.count_noise_std = float(count_noise_std)
+        self.min_clip = None if min_clip is None else float(min_clip)
+        self.max_clip = None if max_clip is None else float(max_clip)
         self.rounds = 0
 
     def client_bit(self, norm: float) -> float:
@@ -163,6 +180,10 @@ class AdaptiveClip:
         # Sum of (b_i - 1/2) over an expected m clients, back to a fraction: noisy / m + 1/2.
         b_bar = noisy / self.expected_cohort_size + 0.5
         self.clip *= math.exp(-self.learning_rate * (b_bar - self.target_quantile))
+        if self.max_clip is not None:
+            self.clip = min(self.clip, self.max_clip)
+        if self.min_clip is not None:
+            self.clip = max(self.clip, self.min_clip)
         self.rounds += 1
         return self.clip
 
@@ -174,7 +195,7 @@ class AdaptiveClip:
         return self.update_from_sum(float(np.sum(norms <= self.clip)) - 0.5 * len(norms), rng)
 
     def state_dict(self) -> dict[str, Any]:
-        """Current clip, hyper-parameters and the number of updates so far."""
+        """Current clip, hyper-parameters and the number of updates so far (not the bounds)."""
         return {
             "clip": self.clip,
             "target_quantile": self.target_quantile,
@@ -185,14 +206,23 @@ class AdaptiveClip:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict`; the bounds stay this tracker's, and a clip outside them
+        (a checkpoint of other settings) is refused."""
         _check_keys(_ADAPTIVE_KEYS, state, type(self).__name__)
+        clip, low, high = state["clip"], self.min_clip or 0.0, self.max_clip or math.inf
+        if isinstance(clip, numbers.Real) and not low <= clip <= high:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: the saved clip {clip} lies outside "
+                f"[min_clip, max_clip] = [{low}, {high}]; restore it with the settings it ran with"
+            )
         restored = AdaptiveClip(
             state["clip"],
             state["expected_cohort_size"],
             target_quantile=state["target_quantile"],
             learning_rate=state["learning_rate"],
             count_noise_std=state["count_noise_std"],
+            min_clip=self.min_clip,
+            max_clip=self.max_clip,
         )
         if not isinstance(state["rounds"], int) or state["rounds"] < 0:
             raise ValueError(f"rounds must be an int >= 0, got {state['rounds']!r}")
