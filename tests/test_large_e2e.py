@@ -46,6 +46,11 @@ def test_two_actors_on_one_shared_base_compute_what_own_copies_compute(
     own = _run(tmp_path / "b", tiny, *two, "model.shared_base=false")
     assert [a["base"] for a in shared.ready.actors] == ["shared", "shared"]
     assert [a["base"] for a in own.ready.actors] == ["own", "own"]
+    # Every frozen tensor of both actors' models (the one that trains and evaluates), the
+    # loader's included, lies in the object store's copy: no actor keeps a private one.
+    for a in shared.ready.actors:
+        assert a["base_bytes"] > 0 and a["base_shared_bytes"] == a["base_bytes"]
+    assert all(a["base_bytes"] > 0 and a["base_shared_bytes"] == 0 for a in own.ready.actors)
     assert shared.fingerprint == own.fingerprint
     keys = ("train_loss", "eval_accuracy", "eval_loss")
     assert [[r[k] for k in keys] for r in shared.history] == [

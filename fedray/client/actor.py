@@ -160,7 +160,7 @@ class ClientWorker:
         threads = c.torch_threads or max(1, math.ceil(c.num_cpus))
         task = registry.build("task", {"name": run.data.task})
         bases = _shared_base(spec.base[0]) if spec.base else {}  # zero-copy views
-        self.shared_base = bool(spec.base)
+        self.bases: dict[str, BaseTensors] = bases
         device = pick_device(c.device, c.num_gpus)
         # One model per architecture (one unless model.groups differ in num_layers).
         self.trainers = {
@@ -196,14 +196,22 @@ class ClientWorker:
     def ready(self) -> dict[str, Any]:
         """Where this actor runs (pid, device, the GPUs Ray pinned it to) and the size of its
         model: `model_params` (the whole model, adapters excluded), `model_fp32_bytes` (as
-        float32: what a full fine-tuning update would send), `trainable_params`."""
+        float32: what a full fine-tuning update would send), `trainable_params`; the bytes of
+        its models' frozen parameters (`base_bytes`) and of those that lie in the node's shared
+        copy of the base (`base_shared_bytes`, checked tensor by tensor)."""
         import ray
 
+        from fedray.models.shared import frozen_bytes
+
         params, trainable = model_size(self.trainer.model)
+        models = [(t.model, self.bases.get(a)) for a, t in self.trainers.items()]
+        frozen, in_shared = frozen_bytes(models)
         return {
             "model_params": params,
             "model_fp32_bytes": 4 * params,
             "trainable_params": trainable,
+            "base_bytes": frozen,
+            "base_shared_bytes": in_shared,
             "pid": os.getpid(),
             "node": self.node,
             "device": str(self.trainer.device),
@@ -213,7 +221,7 @@ class ClientWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             # shared: this actor maps the node's one copy; on a GPU that copy is in host
             # memory and the actor keeps its own device copy (see README, Large models)
-            "base": ("shared" if self.shared_base else "own")
+            "base": ("shared" if self.bases else "own")
             + ("" if self.trainer.device.type == "cpu" else f"+{self.trainer.device.type}-copy"),
         }
 
@@ -246,7 +254,7 @@ class ClientWorker:
         bases = _get(ref[0])
         for arch, trainer in self.trainers.items():
             trainer.adopt_base(bases[arch])
-        self.shared_base = True
+        self.bases = bases
         return sum({id(a): a.nbytes for b in bases.values() for a in b.frozen.values()}.values())
 
     def _arch_state(self, state: State, arch: str) -> State:

@@ -196,6 +196,22 @@ def is_shared(t: torch.Tensor, base: BaseTensors) -> bool:
     return False
 
 
+def frozen_bytes(models: list[tuple[torch.nn.Module, BaseTensors | None]]) -> tuple[int, int]:
+    """(Bytes of the frozen parameters of the models, bytes of those whose storage lies in
+    the base given beside each model, if any); a tensor held by several models or tied slots
+    counts once. What an actor reports, so that "shared" is checked, not assumed."""
+    frozen: dict[int, int] = {}
+    in_base: dict[int, int] = {}
+    for model, base in models:
+        for p in model.parameters():
+            if p.requires_grad:
+                continue
+            frozen[p.data_ptr()] = size = p.numel() * p.element_size()
+            if base is not None and is_shared(p, base):
+                in_base[p.data_ptr()] = size
+    return sum(frozen.values()), sum(in_base.values())
+
+
 def on_device(base: BaseTensors, device: str | torch.device) -> BaseTensors:
     """The base with its frozen arrays as tensors on `device` (one copy, made here): the
     owner of a device's copy, whose tensors other processes on that device open by IPC."""

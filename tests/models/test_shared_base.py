@@ -70,6 +70,9 @@ def test_a_model_built_on_the_shared_base_trains_bit_identically(case, dirs) -> 
     assert frozen and all(shared.is_shared(p, base) for p in frozen.values())
     trainable = [p for p in other.model.parameters() if p.requires_grad]
     assert trainable and not any(shared.is_shared(p, base) for p in trainable)
+    n = base.frozen_nbytes  # tied weights (gpt2's lm_head) count once
+    assert shared.frozen_bytes([(other.model, base)]) == (n, n)
+    assert shared.frozen_bytes([(own.model, base)]) == (n, 0)  # its own copy, not the base's
     recipe = Recipe(epochs=1, batch_size=4, lr=1e-2, weight_decay=0.01)
     a = own.fit(_data(case), seed=7, recipe=recipe)
     b = other.fit(_data(case), seed=7, recipe=recipe)
@@ -93,6 +96,7 @@ def test_the_exporter_adopts_the_shared_copy(dirs) -> None:
     own.adopt_base(base)
     frozen = [p for p in own.model.parameters() if not p.requires_grad]
     assert all(shared.is_shared(p, base) for p in frozen)
+    assert shared.frozen_bytes([(own.model, base)]) == (base.frozen_nbytes,) * 2
     after = own.get_state()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
