@@ -20,6 +20,7 @@ import numpy as np
 
 from fedray.client.attack import Attack
 from fedray.client.faults import FaultInjector
+from fedray.client.process import model_size, node_id, pick_device
 from fedray.client.rows import count_lookups
 from fedray.client.speed import Work, delay_s, speed_factors
 from fedray.core.config import FedrayConfig
@@ -32,49 +33,6 @@ from fedray.tasks.base import shard_rows
 
 if TYPE_CHECKING:
     from fedray.models.shared import BaseTensors
-
-
-def pick_device(requested: str, num_gpus: float) -> str:
-    """The torch device an actor trains on; raises instead of silently falling back."""
-    import torch
-
-    if requested == "cpu":
-        return "cpu"
-    if requested == "cuda" or num_gpus > 0:
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"client.device={requested} with client.num_gpus={num_gpus}, but torch sees no "
-                "CUDA device on this node; set client.device=cpu to use logical GPUs on CPUs"
-            )
-        return "cuda"
-    return "cpu"
-
-
-def _node_id() -> str:
-    """The Ray node this process runs on ('' outside Ray: a Trainer test, say)."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-
-
-def model_size(model: Any) -> tuple[int, int]:
-    """(parameters of the whole model without its peft adapters, trainable parameters).
-
-    A peft model holds its tuner's adapter weights (names with the tuner's prefix, e.g.
-    `lora_`) and a trainable copy of each `modules_to_save` module beside the original; neither
-    is part of the model a full fine-tuning run would train.
-    """
-    from peft import PeftModel
-
-    skip: tuple[str, ...] = ()
-    if isinstance(model, PeftModel):
-        skip = (str(model.base_model.prefix), ".modules_to_save.")
-    total = trainable = 0
-    for name, p in model.named_parameters():
-        trainable += p.numel() if p.requires_grad else 0
-        if not any(s in name for s in skip):
-            total += p.numel()
-    return total, trainable
 
 
 def _libc() -> Any:
@@ -188,7 +146,7 @@ class ClientWorker:
         self.work = Work.of(run.speed, run.seed, run.algorithm.name, algorithm.keeps_partial_work)
         self.faults = FaultInjector(run.faults)
         self.attack = Attack(run.attack, spec.population, run.seed)
-        self.node = _node_id()
+        self.node = node_id()
         self.sessions: dict[int, dict[str, Any]] = {}  # client id -> session, this round only
         self.session_round = -1
         self.trim_heap = HeapTrimmer()
