@@ -145,6 +145,12 @@ STUDIES: dict[str, Study] = {
         algorithms={
             "uniform": ["selection=uniform"],
             "power_of_choice (d=20)": ["selection=power_of_choice", "selection.d=20"],
+            # the rule before 2026-12-01: size-proportional draw, then sample weights again
+            "power_of_choice (d=20, sample weights)": [
+                "selection=power_of_choice",
+                "selection.d=20",
+                "selection.weights=samples",
+            ],
         },
         metric="eval_accuracy",
         higher_is_better=True,
@@ -183,9 +189,10 @@ STUDIES: dict[str, Study] = {
 
 
 def personal_rmse(metrics: dict[str, float]) -> float | None:
-    """sqrt of the mean over clients of their personal MSE: the RMSE over their held-out rows
-    when every client holds exactly one (leave-one-out); the mean of per-client RMSEs that
-    fedray logs as eval_personal_rmse is then a mean absolute error."""
+    """sqrt of the clients' personal MSE: the RMSE over their pooled held-out rows. Since
+    2026-12-01 fedray logs exactly that as eval_personal_rmse; stores written before logged the
+    mean of per-client RMSEs (with one held-out rating per client, a mean absolute error), so
+    the report recomputes it from eval_personal_loss, which was and is the pooled MSE."""
     loss = metrics.get("eval_personal_loss")
     return None if loss is None else math.sqrt(loss)
 
