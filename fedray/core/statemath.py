@@ -128,11 +128,12 @@ def mean_of(contributions: Sequence[Contribution]) -> Aggregate:
     if any(rc is not None for rc in counted):
         if any(rc is None for rc in counted):
             raise ValueError("some updates carry embedding row counts and some do not")
-        for key in counted[0]:  # type: ignore[union-attr]
+        none = (np.zeros(0, np.int64), np.zeros(0, np.float32))  # a table it never looked up
+        for key in sorted(set().union(*counted)):  # type: ignore[arg-type]
             if key in mean:
                 mean[key] = row_weighted_mean(
                     [c.delta[key] for c in contributions],
-                    [rc[key] for rc in counted],  # type: ignore[index]
+                    [rc.get(key, none) for rc in counted],  # type: ignore[union-attr]
                 )
     extras = [c.extra for c in contributions]
     extra_mean = None

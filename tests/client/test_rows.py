@@ -88,3 +88,10 @@ def test_row_counts_on_some_updates_only_or_out_of_range_are_refused() -> None:
         mean_of([counted, Contribution(1, delta, 1)])
     with pytest.raises(ValueError, match="outside"):
         row_weighted_mean([delta["item"]], [(np.array([2]), np.ones(1))])
+
+
+def test_a_client_that_never_looked_a_table_up_does_not_move_its_rows() -> None:
+    delta = {"item": np.ones((2, 1), np.float32)}
+    looked = Contribution(0, delta, 1, row_counts={"item": (np.array([1]), np.ones(1))})
+    idle = Contribution(1, {"item": 5 * np.ones((2, 1), np.float32)}, 1, row_counts={})
+    np.testing.assert_allclose(mean_of([looked, idle]).mean["item"][:, 0], [0.0, 1.0])
