@@ -237,20 +237,21 @@ def update_metrics(
     if updates and not any("loss" in u.metrics for u in updates):
         del out["train_loss"]  # the clients kept their losses (privacy.reveals_client_metrics)
     personal = [u.metrics for u in updates if any(k.startswith("personal_") for k in u.metrics)]
-    keys = sorted(
-        {k for m in personal for k in m if k.startswith("personal_")}
-        - {"personal_train_loss"}
-        - {k for m in personal for k in m if k.startswith(PERSONAL_SUM)}
-    )
-    for key in keys:
-        values = [m[key] for m in personal if key in m]
-        out[f"eval_{key}"] = sum(values) / len(values)
     sums = [
-        {k[len(PERSONAL_SUM) :]: v for k, v in m.items() if k.startswith(PERSONAL_SUM)}
+        {k.removeprefix(PERSONAL_SUM): v for k, v in m.items() if k.startswith(PERSONAL_SUM)}
         for m in personal
     ]
     if task is not None and personal and all(sums):
         out.update({f"eval_personal_{k}": v for k, v in task.metrics(add_sums([sums])).items()})
+    else:
+        keys = sorted(
+            {k for m in personal for k in m if k.startswith("personal_")}
+            - {"personal_train_loss"}
+            - {k for m in personal for k in m if k.startswith(PERSONAL_SUM)}
+        )
+        for key in keys:
+            values = [m[key] for m in personal if key in m]
+            out[f"eval_{key}"] = sum(values) / len(values)
     if personal:
         out["eval_personal_clients"] = float(len(personal))
     return out
