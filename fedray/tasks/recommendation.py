@@ -124,7 +124,11 @@ class Recommendation:
     def loss(self, model: Any, batch: Batch) -> Any:
         import torch.nn.functional as F
 
-        return F.mse_loss(model(batch["user"], batch["item"]), batch["rating"])
+        user, item = batch["user"], batch["item"]
+        loss = F.mse_loss(model(user, item), batch["rating"])
+        if getattr(model, "l2", 0.0):  # the rating models' per-rating L2 (model.arch.l2)
+            loss = loss + model.penalty(user, item)
+        return loss
 
     def eval_batch(self, model: Any, batch: Batch) -> dict[str, float]:
         import torch

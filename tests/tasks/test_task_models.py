@@ -230,6 +230,42 @@ def test_mf_learns_movielens_centrally(movielens) -> None:
 
 
 @pytest.mark.parametrize("arch", ["mf", "ncf"])
+def test_l2_adds_the_squared_rows_each_rating_looks_up(arch: str) -> None:
+    cfg = ModelConfig(**SCRATCH, arch={"name": arch, "num_users": 3, "num_items": 7, "l2": 0.5})
+    model = build_model(cfg, "rating", None, seed=0)
+    batch = {
+        "user": torch.tensor([0, 2, 2]),
+        "item": torch.tensor([1, 1, 6]),
+        "rating": torch.tensor([4.0, 2.0, 5.0]),
+    }
+    mse = torch.nn.functional.mse_loss(model(batch["user"], batch["item"]), batch["rating"])
+    tables = {k: v for k, v in model.named_parameters() if k.endswith(".weight") and v.ndim == 2}
+    by_rating = torch.zeros(3)
+    for key, table in tables.items():
+        if key.startswith(("user", "item")):
+            index = batch["user"] if key.startswith("user") else batch["item"]
+            by_rating += table[index].square().sum(-1)
+    loss = Recommendation().loss(model, batch)
+    assert loss.item() == pytest.approx((mse + 0.5 * by_rating.mean()).item(), rel=1e-6)
+    model.l2 = 0.0
+    assert Recommendation().loss(model, batch).item() == pytest.approx(mse.item(), rel=1e-7)
+
+
+def test_the_l2_term_does_not_count_as_a_lookup() -> None:
+    from fedray.client.rows import count_lookups
+
+    cfg = ModelConfig(**SCRATCH, arch={"name": "mf", "num_items": 7, "l2": 0.1})
+    model = build_model(cfg, "rating", None, seed=0)
+    batch = {"user": torch.zeros(2, dtype=torch.long), "item": torch.tensor([3, 3])}
+    with count_lookups(model) as lookups:
+        model.train()
+        Recommendation().loss(model, {**batch, "rating": torch.tensor([1.0, 2.0])})
+    rows, counts = lookups.sparse()["item.weight"]
+    np.testing.assert_array_equal(rows, [3])
+    np.testing.assert_array_equal(counts, [2])
+
+
+@pytest.mark.parametrize("arch", ["mf", "ncf"])
 def test_user_parameters_and_only_they_are_named_user(arch: str) -> None:
     cfg = ModelConfig(**SCRATCH, arch={"name": arch, "num_items": 50})
     keys = list(get_trainable_state(build_model(cfg, "rating", None, seed=0)))
@@ -273,6 +309,7 @@ def test_the_right_pairs_pass(model, task) -> None:
         ({"name": "hf"}, {"name_or_path": "scratch"}, "loads a pretrained checkpoint"),
         ({"name": "nope"}, {}, "model.arch.name='nope' is unknown"),
         ({"name": "ncf", "layers": [0]}, {}, "every layer needs >= 1 unit"),
+        ({"name": "mf", "l2": -0.1}, {}, "l2=-0.1 must be >= 0"),
     ],
 )
 def test_bad_architecture_options_are_one_line_config_errors(arch, extra, match) -> None:

@@ -42,4 +42,4 @@ class MFArchitecture:
 
         o = self.options
         torch.manual_seed(seed)
-        return MatrixFactorization(o.num_users, o.num_items, o.dim, o.init_std, o.mean)
+        return MatrixFactorization(o.num_users, o.num_items, o.dim, o.init_std, o.mean, o.l2)

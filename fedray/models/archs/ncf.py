@@ -45,4 +45,4 @@ class NCFArchitecture:
 
         o = self.options
         torch.manual_seed(seed)
-        return NeuralCF(o.num_users, o.num_items, o.dim, list(o.layers), o.init_std, o.mean)
+        return NeuralCF(o.num_users, o.num_items, o.dim, list(o.layers), o.init_std, o.mean, o.l2)
