@@ -29,6 +29,10 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["selection=power_of_choice", "selection.d=2"],
         "selection.d",
     ),
+    "pow-d fresh losses in async mode": (
+        ["selection=power_of_choice", "selection.loss=fresh", "mode=async", "algorithm=fedbuff"],
+        "selection.loss=fresh probes the candidates",
+    ),
     "unknown top-level key": (["+learning_rate=0.1"], "learning_rate"),
     "unknown attack option": (["attack.strength=3"], "attack.strength"),
     "unknown group option": (["partition=random"], "partition/random"),

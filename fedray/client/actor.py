@@ -29,7 +29,7 @@ from fedray.core.types import State, TrainJob, Update
 from fedray.data.base import EncodedData
 from fedray.models import groups
 from fedray.pipeline import Pipeline
-from fedray.tasks.base import shard_rows
+from fedray.tasks.base import add_sums, shard_rows
 
 if TYPE_CHECKING:
     from fedray.models.shared import BaseTensors
@@ -349,6 +349,22 @@ class ClientWorker:
         sums = self.trainer.eval_sums(self.data.test, self.eval_batch_size, start, stop)
         self.trim_heap()
         return sums
+
+    def probe_losses(self, client_ids: list[int], payload: Any, spec: Any) -> dict[int, float]:
+        """The task's loss of the broadcast global model on each client's own training
+        samples, in evaluation mode (power-of-choice's fresh losses, ``selection.loss=fresh``).
+        """
+        global_state = self.pipeline.decode_down(payload, spec)
+        out: dict[int, float] = {}
+        for cid in client_ids:
+            arch = self.arch_of[cid]
+            trainer = self.trainers[arch]
+            trainer.set_state(self._arch_state(global_state, arch))
+            batch = dict(self.data.client_batch(cid - self.first_client))
+            sums = add_sums([trainer.eval_sums(batch, self.eval_batch_size)])
+            out[cid] = float(trainer.task.metrics(sums)["loss"])
+        self.trim_heap()
+        return out
 
     def export(self, global_state: State) -> dict[str, bytes]:
         """The global model as files (peft adapter or full HF model), to ship to the driver."""

@@ -122,11 +122,58 @@ class RoundProtocol:
             [ActorGroup("all", [], 0, run.population)], [pool.size]
         )
         self.shared_spec: StateSpec | None = None  # of the last broadcast: what updates match
+        self.probe_sent: list[Sent] = []  # the last plan's probe: model copies sent down
+        self.probe_figures: dict[str, float] = {}
 
     # -- 1. plan ---------------------------------------------------------------------------
-    def plan(self, rnd: int) -> list[int]:
-        """The clients that train in round (or draw) `rnd`."""
-        return self.selector.select(rnd, self.spec.mode.clients_per_round)
+    def plan(self, rnd: int, global_state: State | None = None) -> list[int]:
+        """The clients that train in round (or draw) `rnd`.
+
+        A selector that ranks by fresh losses (``selector.probes``: power-of-choice with
+        ``loss=fresh``) first has its candidates evaluate `global_state` on their own samples
+        (:meth:`probe`)."""
+        k = self.spec.mode.clients_per_round
+        self.probe_sent, self.probe_figures = [], {}
+        if not getattr(self.selector, "probes", False):
+            return self.selector.select(rnd, k)
+        if global_state is None:
+            raise RuntimeError("a probing selector needs the global state to plan a round")
+        candidates = self.selector.candidates()
+        losses, sent = self.probe(rnd, candidates, global_state)
+        cohort = self.selector.choose(candidates, losses, k)
+        # every candidate received the model; the chosen ones' training call is counted as
+        # usual by the round, the others' copy here (the losses ride back like all metrics)
+        self.probe_sent = [sent] * (len(candidates) - len(cohort))
+        self.probe_figures = {
+            "probe_clients": float(len(candidates)),
+            "probe_failed": float(len(candidates) - len(losses)),
+        }
+        return cohort
+
+    def probe(
+        self, rnd: int, candidates: list[int], global_state: State
+    ) -> tuple[dict[int, float], Sent]:
+        """Each candidate's loss of `global_state` on its own samples, measured on the actor
+        that holds it; (losses of the candidates that answered, what one candidate received).
+
+        The shared state goes down through the downlink codec with the round's broadcast seed,
+        so a candidate scores exactly what the round then broadcasts."""
+        shared = self.strategy.shared_state(global_state)
+        spec = spec_of(shared)
+        payload = self.pipeline.encode_down(shared, spec, seed=broadcast_seed(self.spec.seed, rnd))
+        ref = ray.put(payload)
+        by_actor: dict[int, list[int]] = defaultdict(list)
+        for cid, slot in self.placement.assign(candidates).items():
+            by_actor[slot].append(cid)
+        jobs = [
+            (slot, lambda actor, c=cids: actor.probe_losses.remote(c, ref, spec), slot)
+            for slot, cids in sorted(by_actor.items())
+        ]
+        losses: dict[int, float] = {}
+        for o in self.pool.run_all(jobs):
+            if o.error is None:
+                losses.update(o.value)
+        return losses, (int(payload.nbytes), 4 * spec.size)
 
     # -- 2. broadcast ----------------------------------------------------------------------
     def broadcast(self, ctx: RoundContext, global_state: State) -> Broadcast:

@@ -66,6 +66,11 @@ class UniformSampler:
         self.rng.setstate(state["rng"])
 
 
+# algorithms whose clients do not train the broadcast state as it is (personal layers,
+# truncated ranks, merged adapters): a fresh loss of the broadcast would not be theirs
+_HOLDS_OTHER_STATE = ("fedper", "hetlora", "flora")
+
+
 @dataclass
 class PowerOfChoiceOptions:
     """Options of `selection=power_of_choice`."""
@@ -75,35 +80,56 @@ class PowerOfChoiceOptions:
     # equal: average the chosen clients' updates with equal weights, as Cho et al. do (the
     # candidates are already drawn in proportion to size); samples: FedAvg's sample weights
     weights: str = "equal"
+    # stale: rank by the loss each candidate reported the last time it trained (rpow-d's cached
+    # loss, no extra traffic); fresh: the candidates first evaluate the current global model on
+    # their own samples (pow-d proper: one more round trip, the model sent to all d candidates)
+    loss: str = "stale"
 
     def check(self) -> None:
         if self.d < 1:
             raise ValueError(f"d={self.d} must be >= 1 (candidates sampled per round)")
         if self.weights not in ("equal", "samples"):
             raise ValueError(f"weights={self.weights!r} is unknown; use equal or samples")
+        if self.loss not in ("stale", "fresh"):
+            raise ValueError(f"loss={self.loss!r} is unknown; use stale or fresh")
 
     def check_against(self, spec: Any) -> str | None:
-        """d candidates must cover a round's cohort."""
+        """d candidates must cover a round's cohort; fresh losses need the sync loop and no
+        privacy mechanism (the probe reveals every candidate's exact loss to the server)."""
         k = spec.mode.clients_per_round
         if self.d < k:
             return (
                 f"d={self.d} is below mode.clients_per_round={k}; raise selection.d "
                 "(candidates per round)"
             )
+        if self.loss == "fresh" and spec.algorithm.name in _HOLDS_OTHER_STATE:
+            return (
+                f"loss=fresh scores the broadcast model as it is, but algorithm="
+                f"{spec.algorithm.name}'s clients train a different one; use selection.loss=stale"
+            )
+        if self.loss == "fresh" and spec.mode.name != "sync":
+            return "loss=fresh probes the candidates before each round: it needs mode=sync"
+        if self.loss == "fresh" and spec.privacy.name != "none":
+            return (
+                f"loss=fresh reveals each candidate's loss to the server, which "
+                f"privacy={spec.privacy.name} does not account for; use selection.loss=stale"
+            )
         return None
 
 
 @register("selection", "power_of_choice", PowerOfChoiceOptions)
 class PowerOfChoice:
-    """Power-of-choice (Cho et al., 2022), the stale-loss variant ("pow-d" with cached losses).
+    """Power-of-choice (Cho et al., 2022).
 
     Per round: sample ``d`` distinct candidates with probability proportional to their data
     size (Efraimidis-Spirakis keys ``u ** (1 / n_i)`` from one ``random.Random(seed)``), then
-    keep the ``k`` with the highest last reported local loss; never-seen clients rank highest,
-    ties go to the lower client id. Losses come from :meth:`observe`. The chosen clients'
-    updates are averaged with equal weights (``weights=equal``, the paper's rule). The cohort
-    has a fixed size but is not uniform: it depends on the clients' losses
-    (``sampling = "by_loss"``).
+    keep the ``k`` with the highest local loss; ties go to the lower client id. Which loss:
+    ``loss=stale`` (the default) the last one each candidate reported after training, fed by
+    :meth:`observe` (never-seen clients rank highest); ``loss=fresh`` (pow-d proper) the loss
+    of the current global model on each candidate's samples, which the round protocol measures
+    first (:attr:`probes`, :meth:`choose`). The chosen clients' updates are averaged with
+    equal weights (``weights=equal``, the paper's rule). The cohort has a fixed size but is
+    not uniform: it depends on the clients' losses (``sampling = "by_loss"``).
     """
 
     sampling = "by_loss"
@@ -138,10 +164,22 @@ class PowerOfChoice:
         keys.sort(key=lambda t: (-t[0], t[1]))
         return [cid for _, cid in keys[: self.options.d]]
 
+    @property
+    def probes(self) -> bool:
+        """Whether the protocol must measure the candidates' losses (:meth:`choose`)."""
+        return self.options.loss == "fresh"
+
     def select(self, round: int, k: int) -> list[int]:
-        cands = self.candidates()
-        cands.sort(key=lambda cid: (-self.losses.get(cid, float("inf")), cid))
-        return sorted(cands[:k])
+        if self.probes:
+            raise RuntimeError("selection.loss=fresh: call candidates(), probe, then choose()")
+        return self.choose(self.candidates(), self.losses, k)
+
+    @staticmethod
+    def choose(candidates: list[int], losses: dict[int, float], k: int) -> list[int]:
+        """The `k` candidates with the highest loss (a candidate without one ranks highest;
+        ties go to the lower id), in ascending order."""
+        ranked = sorted(candidates, key=lambda cid: (-losses.get(cid, float("inf")), cid))
+        return sorted(ranked[:k])
 
     def observe(self, round: int, losses: dict[int, float]) -> None:
         """Remember each reporting client's latest local loss."""

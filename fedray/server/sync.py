@@ -16,7 +16,7 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
     """One synchronous round: (the next global state, its report)."""
     p, m, mechanism = protocol, protocol.spec.mode, protocol.pipeline.mechanism
     timer = RoundTimer()
-    cohort = p.plan(rnd)  # 1. plan
+    cohort = p.plan(rnd, global_state)  # 1. plan (a probing selector asks first)
     ctx = RoundContext(p.run, rnd, tuple(cohort), spec_of(p.strategy.shared_state(global_state)))
     assignment = p.placement.assign(cohort)  # a silo's clients go to its own actors
     io = PoolIO(p.pool, rnd, assignment)
@@ -80,7 +80,9 @@ def run_round(protocol: RoundProtocol, rnd: int, global_state: State) -> tuple[S
         round_skipped=float(shortfall is not None),
         clients_late=float(calls.late),  # past mode.round_deadline_s
         round_trips=float(io.round_trips),
-        **p.traffic(updates, [bcast.sent] * calls.calls),  # every call received the broadcast
+        # every call received the broadcast, and so did every probed candidate
+        **p.traffic(updates, [bcast.sent] * calls.calls + p.probe_sent),
+        **p.probe_figures,
         **p.pipeline.metrics(),
     )
     if rnd % m.eval_every == 0 or rnd == m.rounds:

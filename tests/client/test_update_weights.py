@@ -69,3 +69,20 @@ def test_power_of_choice_asks_for_equal_update_weights(weights: str, equal: bool
     samples = len(encoded.clients[CLIENT])
     assert samples > 1
     assert update.num_samples == (1 if equal else samples)
+
+
+def test_a_probe_scores_the_broadcast_model_on_each_clients_own_samples() -> None:
+    worker, encoded = _worker(
+        ["experiment=synthetic", "selection=power_of_choice", "selection.loss=fresh"]
+    )
+    g = worker.initial_state()
+    g = {k: v + np.float32(0.3) for k, v in g.items()}  # not the model the actor holds
+    spec = spec_of(g)
+    losses = worker.probe_losses([2, 5], worker.pipeline.encode_down(g, spec, seed=7), spec)
+    for cid in (2, 5):
+        rows = encoded.clients[cid]
+        x, y = encoded.train["x"][rows], encoded.train["labels"][rows]
+        logits = x @ g["linear.weight"].T.astype(np.float64) + g["linear.bias"]
+        logits -= logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        assert losses[cid] == pytest.approx(-log_p[np.arange(len(y)), y].mean(), rel=1e-5)

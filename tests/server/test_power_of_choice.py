@@ -1,10 +1,11 @@
-"""Power-of-choice selection (stale-loss pow-d) and the observe hook."""
+"""Power-of-choice selection: stale losses (the observe hook) and fresh ones (a probe)."""
 
 from __future__ import annotations
 
 import pytest
 
 from fedray.core import registry
+from fedray.core.errors import ConfigError
 
 
 def _pow(sizes: list[int], d: int, seed: int = 0):
@@ -61,3 +62,45 @@ def test_uniform_accepts_and_ignores_observations() -> None:
     b = registry.build("selection", {"name": "uniform"}, num_clients=20, seed=0)
     a.observe(1, {3: 9.0})
     assert a.select(1, 5) == b.select(1, 5) == [1, 8, 12, 13, 15]
+
+
+def test_fresh_losses_rank_the_candidates_the_protocol_probed() -> None:
+    s = registry.build(
+        "selection",
+        {"name": "power_of_choice", "d": 4, "loss": "fresh"},
+        num_clients=4,
+        seed=0,
+        client_sizes=[5, 5, 5, 5],
+    )
+    assert s.probes
+    with pytest.raises(RuntimeError, match="loss=fresh"):
+        s.select(1, 2)
+    candidates = s.candidates()
+    assert sorted(candidates) == [0, 1, 2, 3]
+    assert s.choose(candidates, {0: 0.1, 1: 0.9, 2: 0.5, 3: 0.9}, 2) == [1, 3]
+    assert s.choose(candidates, {0: 0.1, 1: 0.9, 3: 0.2}, 2) == [1, 2]  # 2 did not answer
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"mode": "async"}, "needs mode=sync"),
+        ({"privacy": "dp_fedavg"}, "privacy=dp_fedavg does not account for"),
+        ({"algorithm": "fedper"}, "algorithm=fedper's clients train a different one"),
+    ],
+)
+def test_fresh_losses_refuse_what_they_cannot_serve(changes: dict, match: str) -> None:
+    from types import SimpleNamespace
+
+    names = {"mode": "sync", "privacy": "none", "algorithm": "fedavg", **changes}
+    spec = SimpleNamespace(
+        mode=SimpleNamespace(clients_per_round=2, name=names["mode"]),
+        privacy=SimpleNamespace(name=names["privacy"]),
+        algorithm=SimpleNamespace(name=names["algorithm"]),
+    )
+    fresh = registry.parse("selection", {"name": "power_of_choice", "d": 4, "loss": "fresh"})
+    assert match in fresh.check_against(spec)
+    stale = registry.parse("selection", {"name": "power_of_choice", "d": 4})
+    assert stale.check_against(spec) is None
+    with pytest.raises(ConfigError, match="loss='recent' is unknown"):
+        registry.parse("selection", {"name": "power_of_choice", "loss": "recent"})
