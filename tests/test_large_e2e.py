@@ -71,6 +71,8 @@ def test_feddf_runs_two_architectures_and_logs_the_distillation(
         "compression=trim",
         "model.groups=[{share:0.5},{share:0.5,num_layers:1,layers:[0]}]",
     )
+    # one 2-CPU actor: nothing to share, so no object-store copy beside the actor's own
+    assert [a["base"] for a in result.ready.actors] == ["own"]
     for row in result.history:
         assert row["clients_ok"] == 4 and row["distill_teacher_passes"] == 4 * 24
         assert row["distill_steps"] == 2 * 2  # steps x architectures

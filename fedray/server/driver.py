@@ -52,7 +52,7 @@ def actor_count(spec: FedrayConfig) -> int:
 def shares_base(spec: FedrayConfig) -> bool:
     """Whether the actors map one shared frozen base (`model.shared_base`, an unquantized
     LoRA model; full fine-tuning has no frozen base, bitsandbytes' quantized weights are
-    loaded by each actor onto its GPU)."""
+    loaded by each actor onto its GPU). A pool of one actor keeps its own copy even so."""
     m = spec.model
     return m.shared_base and m.finetune == "lora" and m.quantize == "none"
 
@@ -123,7 +123,10 @@ class Driver:
             return cls.remote(spec, group.data[0])
 
         first: list[Any] = []
-        if shares_base(self.spec):
+        # one actor in the whole pool: its own copy is the only one, and an object-store copy
+        # beside it would only add memory (W1: the checkpoint is read through the page cache)
+        share = shares_base(self.spec) and len(slot_group) > 1
+        if share:
             loader = new_actor(0)
             base_ref = loader.export_base.remote()
             self._adopted = loader.adopt_base.remote([base_ref])
@@ -135,7 +138,7 @@ class Driver:
 
         self.pool = ActorPool(make, len(slot_group))
         actors = self.pool.wait_ready()
-        if shares_base(self.spec):
+        if share:
             try:
                 ray.get(self._adopted)
             except RayTaskError as exc:
