@@ -21,7 +21,6 @@ import numpy as np
 from fedray.client.attack import Attack
 from fedray.client.faults import FaultInjector
 from fedray.client.process import model_size, node_id, pick_device
-from fedray.client.rows import count_lookups
 from fedray.client.speed import Work, delay_s, speed_factors
 from fedray.core.config import FedrayConfig
 from fedray.core.statemath import nbytes, subtract
@@ -256,6 +255,7 @@ class ClientWorker:
         `extra` what the strategy broadcast beside it (SCAFFOLD's c); the rule's own extra
         state goes back in the update and counts towards `nbytes_up`.
         """
+        from fedray.client.rows import count_lookups  # torch: here, not in the driver's import
         from fedray.client.rules import LocalJob
 
         self.faults.inject(job.round, job.client_id, job.attempt)
