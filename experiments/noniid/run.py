@@ -89,6 +89,20 @@ ALGORITHMS_ADAMW: dict[str, Overrides] = {
     "ditto": ["algorithm=ditto"],
 }
 
+# what the MovieLens studies rank and show
+RATINGS: dict[str, Any] = {
+    "metric": "eval_rmse",
+    "higher_is_better": False,
+    "target": 1.0,
+    "columns": (
+        "eval_hr10",
+        "eval_ndcg10",
+        "eval_personal_rmse",
+        "eval_personal_hr10",
+        "eval_personal_ndcg10",
+    ),
+}
+
 STUDIES: dict[str, Study] = {
     "synthetic": Study(
         title="Synthetic(alpha, beta) with stragglers (FedProx's setting)",
@@ -128,16 +142,7 @@ STUDIES: dict[str, Study] = {
             "fedper": ["algorithm=fedper", "algorithm.local_keys=[user]"],
             "central": ["experiment=movielens_central"],
         },
-        metric="eval_rmse",
-        higher_is_better=False,
-        target=1.0,
-        columns=(
-            "eval_hr10",
-            "eval_ndcg10",
-            "eval_personal_rmse",
-            "eval_personal_hr10",
-            "eval_personal_ndcg10",
-        ),
+        **RATINGS,
     ),
     "movielens_l2": Study(
         title="MovieLens by user: FedPer against central training, per-rating L2",
@@ -155,16 +160,7 @@ STUDIES: dict[str, Study] = {
             ],
             "central": ["experiment=movielens_central"],
         },
-        metric="eval_rmse",
-        higher_is_better=False,
-        target=1.0,
-        columns=(
-            "eval_hr10",
-            "eval_ndcg10",
-            "eval_personal_rmse",
-            "eval_personal_hr10",
-            "eval_personal_ndcg10",
-        ),
+        **RATINGS,
         curve="eval_personal_rmse",  # FedPer's own models; central logs only eval_rmse
     ),
     "selection": Study(
