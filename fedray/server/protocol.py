@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,22 +82,34 @@ class PoolIO:
         self.round_trips = 0
 
     def exchange(self, phase: str, messages: dict[int, Any]) -> dict[int, Any]:
-        by_actor: dict[int, dict[int, Any]] = defaultdict(dict)
-        for cid, message in messages.items():
-            by_actor[self.assignment[cid]][cid] = message
-        jobs = []
-        for idx, batch in sorted(by_actor.items()):
-
-            def call(actor: Any, batch: dict[int, Any] = batch) -> ray.ObjectRef:
-                return actor.phase.remote(phase, self.round, batch)
-
-            jobs.append((idx, call, idx))
         self.round_trips += 1
-        replies: dict[int, Any] = {}
-        for o in self.pool.run_all(jobs):
-            if o.error is None:
-                replies.update(o.value)  # clients that failed inside are absent: dropped
-        return replies
+        return per_actor(
+            self.pool,
+            {cid: self.assignment[cid] for cid in messages},
+            lambda actor, cids: actor.phase.remote(
+                phase, self.round, {cid: messages[cid] for cid in cids}
+            ),
+        )
+
+
+def per_actor(
+    pool: ActorPool, assignment: dict[int, int], call: Callable[[Any, list[int]], ray.ObjectRef]
+) -> dict[int, Any]:
+    """One call per actor slot of `assignment` (client id -> slot) with that slot's clients, in
+    assignment order: ``call(actor, client_ids)`` returns a ref to {client id: reply}. The
+    replies merged; a failed call's clients, and clients its reply leaves out, are absent."""
+    by_actor: dict[int, list[int]] = defaultdict(list)
+    for cid, slot in assignment.items():
+        by_actor[slot].append(cid)
+    jobs = [
+        (slot, lambda actor, cids=cids: call(actor, cids), slot)
+        for slot, cids in sorted(by_actor.items())
+    ]
+    replies: dict[int, Any] = {}
+    for o in pool.run_all(jobs):
+        if o.error is None:
+            replies.update(o.value)
+    return replies
 
 
 class RoundProtocol:
@@ -158,31 +170,28 @@ class RoundProtocol:
 
         The shared state goes down through the downlink codec with the round's broadcast seed,
         so a candidate scores exactly what the round then broadcasts."""
+        _, spec, payload = self.encode_shared(global_state, rnd)
+        ref = ray.put(payload)
+        losses = per_actor(
+            self.pool,
+            self.placement.assign(candidates),
+            lambda actor, cids: actor.probe_losses.remote(cids, ref, spec),
+        )
+        return losses, (int(payload.nbytes), 4 * spec.size)
+
+    def encode_shared(self, global_state: State, rnd: int) -> tuple[State, StateSpec, Any]:
+        """(the shared part of `global_state`, its spec, its downlink payload for round
+        `rnd`): what the round's broadcast, and a probe before it, send."""
         shared = self.strategy.shared_state(global_state)
         spec = spec_of(shared)
-        payload = self.pipeline.encode_down(shared, spec, seed=broadcast_seed(self.spec.seed, rnd))
-        ref = ray.put(payload)
-        by_actor: dict[int, list[int]] = defaultdict(list)
-        for cid, slot in self.placement.assign(candidates).items():
-            by_actor[slot].append(cid)
-        jobs = [
-            (slot, lambda actor, c=cids: actor.probe_losses.remote(c, ref, spec), slot)
-            for slot, cids in sorted(by_actor.items())
-        ]
-        losses: dict[int, float] = {}
-        for o in self.pool.run_all(jobs):
-            if o.error is None:
-                losses.update(o.value)
-        return losses, (int(payload.nbytes), 4 * spec.size)
+        seed = broadcast_seed(self.spec.seed, rnd)
+        return shared, spec, self.pipeline.encode_down(shared, spec, seed=seed)
 
     # -- 2. broadcast ----------------------------------------------------------------------
     def broadcast(self, ctx: RoundContext, global_state: State) -> Broadcast:
         """Encode and put the round's global state, extra state and round message once."""
-        shared = self.strategy.shared_state(global_state)
-        self.shared_spec = spec = spec_of(shared)
-        payload = self.pipeline.encode_down(
-            shared, spec, seed=broadcast_seed(self.spec.seed, ctx.round)
-        )
+        shared, spec, payload = self.encode_shared(global_state, ctx.round)
+        self.shared_spec = spec
         extra = self.strategy.broadcast(global_state)
         extra_nbytes = 0 if extra is None else nbytes(extra)
         return Broadcast(
